@@ -1,0 +1,3 @@
+from ai_server.cli import main
+
+raise SystemExit(main())

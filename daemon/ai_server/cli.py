@@ -1,0 +1,196 @@
+"""The `ai-server` command: argparse, one small function per command, one-line errors.
+
+Only AiServerError is caught: it is the user's problem, said in one line, exit 1. Anything else
+is our bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ai_server import __version__, allowlist, control, logs
+from ai_server import config as config_mod
+from ai_server.errors import AiServerError, NotRunning
+from ai_server.paths import Paths, resolve
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING_CHILD, EXIT_NO_SUPERVISOR = 0, 1, 2, 3, 4
+
+
+def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
+    from ai_server.supervisor import Supervisor
+
+    return asyncio.run(Supervisor(paths).main())
+
+
+def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
+    lines = []
+    for child in data["children"]:
+        if names and child["name"] not in names:
+            continue
+        # supervisorctl's own layout: '%(name)-32s %(state)-10s%(desc)s'
+        lines.append(f"{child['name']:<32} {child['state']:<10}{child['description']}")
+    proxy = data["proxy"]
+    if not names:
+        if proxy.get("waiting"):
+            lines.append(f"proxy: {proxy['waiting']}")
+        else:
+            lines.append(f"proxy: listening on {', '.join(proxy['listen'])}")
+        lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
+        if proxy.get("config_error"):
+            lines.append(f"config error: {proxy['config_error']} (the last good config stays in force)")
+    return "\n".join(lines)
+
+
+def _status_code(data: dict[str, Any], names: Sequence[str]) -> int:
+    children = [c for c in data["children"] if not names or c["name"] in names]
+    wanted = {c["name"] for c in children}
+    if any(n not in wanted for n in names):
+        return EXIT_NOT_RUNNING_CHILD
+    healthy = children and all(c["state"] == "RUNNING" for c in children)
+    if not names and data["proxy"].get("waiting"):
+        healthy = False
+    return EXIT_OK if healthy else EXIT_NOT_RUNNING_CHILD
+
+
+def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
+    try:
+        data = control.request(paths.control_socket, "status")
+    except NotRunning as err:
+        if args.json:
+            print(json.dumps({"running": False, "error": str(err)}))
+        else:
+            print(str(err), file=sys.stderr)
+        return EXIT_NO_SUPERVISOR
+    unknown = [n for n in args.names if n not in {c["name"] for c in data["children"]}]
+    if args.json:
+        children = [c for c in data["children"] if not args.names or c["name"] in args.names]
+        print(json.dumps({"children": children, "proxy": data["proxy"]}, indent=2))
+    else:
+        print(format_status(data, args.names))
+        for name in unknown:
+            print(f"{name:<32} ERROR (no such process)")
+    return _status_code(data, args.names)
+
+
+def _control(command: str) -> Callable[[Paths, argparse.Namespace], int]:
+    def run(paths: Paths, args: argparse.Namespace) -> int:
+        timeout = 120.0
+        answer = control.request(paths.control_socket, command, {"name": args.name}, timeout=timeout)
+        shown = [c for c in answer["children"] if args.name == "all" or c["name"] == args.name]
+        print(format_status({"children": shown, "proxy": answer["proxy"]}, [c["name"] for c in shown]))
+        return EXIT_OK
+    return run
+
+
+def cmd_reload(paths: Paths, args: argparse.Namespace) -> int:
+    answer = control.request(paths.control_socket, "reload", timeout=60.0)
+    changed = answer.get("changed") or []
+    print("reloaded: " + (", ".join(changed) + " changed" if changed else "nothing changed"))
+    return EXIT_OK
+
+
+def cmd_tail(paths: Paths, args: argparse.Namespace) -> int:
+    pretty = sys.stdout.isatty()
+    emit = (lambda line: print(logs.render(line), flush=True)) if pretty else (lambda line: print(line, flush=True))
+    for line in logs.last_lines(paths.log_file, args.lines, args.name):
+        emit(line)
+    if args.follow:
+        try:
+            for line in logs.follow(paths.log_file, args.name):
+                emit(line)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_allow(paths: Paths, args: argparse.Namespace) -> int:
+    target = paths.allowlist_file
+    if args.allow_command == "list":
+        rules = config_mod.load_allowlist(paths.config_dir).rules
+        width = max((len(r.path) for r in rules), default=4)
+        for rule in rules:
+            print(f"{rule.path:<{width}}  {', '.join(rule.methods)}")
+        if not rules:
+            print("(no rules: every request is refused)")
+        return EXIT_OK
+    if args.allow_command == "add":
+        print(allowlist.add_rule(target, args.path, args.method))
+    else:
+        print(allowlist.remove_rule(target, args.path))
+    return EXIT_OK
+
+
+def _program_version(argv: list[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    text = (result.stdout or result.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def cmd_version(paths: Paths, args: argparse.Namespace) -> int:
+    from ai_server import preflight
+    from ai_server.engines import engine_for
+    import os
+
+    cfg = config_mod.load(paths.config_dir)
+    print(f"ai-server {__version__}")
+    haproxy_bin = preflight.find_program("haproxy", os.environ)
+    print(f"haproxy: {_program_version([haproxy_bin, '-v']) if haproxy_bin else 'not found'}")
+    engine_bin = preflight.find_program(cfg.engine.command[0], os.environ)
+    print(f"{engine_for(cfg.engine.kind).kind}: {_program_version([engine_bin, '--version']) if engine_bin else 'not found'}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai-server", description="Serve a private LLM over Tailscale: HAProxy allowlist in front of a loopback-only engine.")
+    parser.add_argument("--config-dir", help="folder holding ai-server.toml and allowlist.toml")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="the supervisor, in the foreground").set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="the children's states, then the proxy's")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    for command in ("start", "stop", "restart"):
+        p = sub.add_parser(command, help=f"{command} one child, or all")
+        p.add_argument("name", metavar="NAME|all")
+        p.set_defaults(func=_control(command))
+    sub.add_parser("reload", help="re-read the config now").set_defaults(func=cmd_reload)
+    p = sub.add_parser("tail", help="the structured log")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--lines", type=int, default=20, metavar="N")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("allow", help="list or edit allowlist.toml")
+    allow = p.add_subparsers(dest="allow_command", required=True, metavar="list|add|remove")
+    allow.add_parser("list")
+    a = allow.add_parser("add")
+    a.add_argument("path")
+    a.add_argument("--method", action="append", required=True, metavar="M")
+    r = allow.add_parser("remove")
+    r.add_argument("path")
+    p.set_defaults(func=cmd_allow)
+
+    sub.add_parser("version", help="versions of ai-server, haproxy and the engine").set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = resolve(args.config_dir)
+    try:
+        return args.func(paths, args)
+    except AiServerError as err:
+        print(f"ai-server: {err}", file=sys.stderr)
+        return EXIT_NO_SUPERVISOR if isinstance(err, NotRunning) and args.command == "status" else EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130

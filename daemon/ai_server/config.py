@@ -1,0 +1,383 @@
+"""Load and validate ai-server.toml and allowlist.toml into frozen dataclasses.
+
+This is the one place config is read. Every problem becomes a ConfigError naming the file, the
+line and the key, so a typo never reaches a running child.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from ai_server.errors import ConfigError
+from ai_server.tomlpos import line_of
+
+ENGINE_KINDS = ("ollama", "llama-server")
+DEFAULT_COMMANDS = {"ollama": ("ollama", "serve"), "llama-server": ("llama-server",)}
+# Methods a rule may list. CONNECT and TRACE are never forwarded: they only help attackers.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+MODEL_PLACEHOLDER = "{model}"
+# launchd kills a job this long after SIGTERM; shutdown must finish inside it.
+LAUNCHD_EXIT_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: tuple[str, ...] = ("tailscale",)
+    port: int = 11434
+    drain_timeout: float = 10.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    request_timeout: float = 10.0
+    idle_timeout: float = 900.0
+    queue_timeout: float = 120.0
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: str = "ollama"
+    command: tuple[str, ...] = DEFAULT_COMMANDS["ollama"]
+    port: int = 11434
+    env: tuple[tuple[str, str], ...] = ()
+    start_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class WarmConfig:
+    models: tuple[str, ...] = ()
+    pull: bool = True
+    keep_alive: str = "24h"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    startsecs: float = 1.0
+    startretries: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    stable_secs: float = 60.0
+    stop_timeout: float = 5.0
+
+    def backoff(self, failures: int) -> float:
+        """Delay before the next try after `failures` failures in a row: doubling, capped."""
+        if failures <= 0:
+            return 0.0
+        return min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+
+
+@dataclass(frozen=True)
+class Rule:
+    path: str
+    methods: tuple[str, ...]
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    warm: WarmConfig = field(default_factory=WarmConfig)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def default_text(name: str) -> str:
+    """The shipped, commented default of `name` (config/ in the repo, inside the wheel)."""
+    return resources.files("ai_server").joinpath("defaults", name).read_text(encoding="utf-8")
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """(text, label) of a config file, or the shipped default when the file does not exist."""
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        return default_text(path.name), f"{path.name} (shipped default)"
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(str(path), f"cannot read: {reason}") from None
+
+
+def parse_toml(text: str, label: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        message = str(err)
+        found = re.search(r"\(at line (\d+), column \d+\)", message)
+        line = int(found.group(1)) if found else None
+        if line is None and "end of document" in message:
+            line = max(1, len(text.splitlines()))
+        message = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", message)
+        raise ConfigError(label, f"invalid TOML: {message}", line=line) from None
+
+
+def load(config_dir: Path) -> Config:
+    text, label = read_text(config_dir / "ai-server.toml")
+    return parse_config(text, label)
+
+
+def load_allowlist(config_dir: Path) -> Allowlist:
+    text, label = read_text(config_dir / "allowlist.toml")
+    return parse_allowlist(text, label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: ai-server.toml
+
+
+class _Table:
+    """Typed reads from one TOML table that remember which keys were used."""
+
+    def __init__(self, data: dict[str, Any], name: str, text: str, label: str):
+        self.data, self.name, self.text, self.label = data, name, text, label
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        line = line_of(self.text, self.name, key)
+        return ConfigError(self.label, message, line=line, key=f"{self.name}.{key}")
+
+    def get(self, key: str, default: Any, kind: type | tuple[type, ...], check: Callable[[Any], str | None] | None = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML booleans are ints to Python; never accept one for a number.
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(_type_name(k) for k in kinds)
+            raise self.fail(key, f"expected {names}, got {_type_name(type(value))} {value!r}")
+        problem = check(value) if check else None
+        if problem:
+            raise self.fail(key, problem)
+        return value
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.fail(key, "unknown key")
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "an array", dict: "a table"}.get(kind, kind.__name__)
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a port number, 1 to 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _at_least_zero(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _string_list(value: list[Any]) -> str | None:
+    if not all(isinstance(item, str) and item for item in value):
+        return "must be an array of non-empty strings"
+    return None
+
+
+def _listen_address(value: str) -> str | None:
+    if value == "tailscale":
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address or \"tailscale\""
+    if address.is_unspecified:
+        return f"{value} would listen on every interface; name the tailnet address or \"tailscale\""
+    return None
+
+
+def is_loopback_host(value: str) -> bool:
+    """True when an OLLAMA_HOST-style value names only a loopback address."""
+    host = re.sub(r"^[a-z]+://", "", value.strip()).rstrip("/")
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host in ("", "localhost"):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_config(text: str, label: str = "ai-server.toml") -> Config:
+    data = parse_toml(text, label)
+    tables = {"proxy", "engine", "warm", "restart", "log"}
+    for name, value in data.items():
+        if name not in tables:
+            raise ConfigError(label, "unknown table" if isinstance(value, dict) else "unknown key",
+                              line=line_of(text, name) or line_of(text, None, name), key=name)
+        if not isinstance(value, dict):
+            raise ConfigError(label, "must be a table", line=line_of(text, None, name), key=name)
+
+    def table(name: str) -> _Table:
+        return _Table(data.get(name, {}), name, text, label)
+
+    number = (int, float)
+    p = table("proxy")
+    listen = p.get("listen", ["tailscale"], list, _string_list)
+    if not listen:
+        raise p.fail("listen", "must name at least one address (or \"tailscale\")")
+    for address in listen:
+        problem = _listen_address(address)
+        if problem:
+            raise p.fail("listen", problem)
+    proxy = ProxyConfig(
+        listen=tuple(listen),
+        port=p.get("port", 11434, int, _port),
+        drain_timeout=float(p.get("drain_timeout", 10.0, number, _at_least_zero)),
+        max_body_bytes=int(p.get("max_body_mb", 64, number, _positive) * 1024 * 1024),
+        request_timeout=float(p.get("request_timeout", 10.0, number, _positive)),
+        idle_timeout=float(p.get("idle_timeout", 900.0, number, _positive)),
+        queue_timeout=float(p.get("queue_timeout", 120.0, number, _positive)),
+        access_log=p.get("access_log", True, bool),
+    )
+    p.finish()
+
+    e = table("engine")
+    kind = e.get("kind", "ollama", str, lambda v: None if v in ENGINE_KINDS else
+                 f"{v!r} is not an engine kind; use " + " or ".join(f'"{k}"' for k in ENGINE_KINDS))
+    command = e.get("command", list(DEFAULT_COMMANDS[kind]), list, _string_list)
+    if not command:
+        raise e.fail("command", "must not be empty")
+    if kind == "llama-server" and any(arg == "--host" or arg.startswith("--host=") for arg in command):
+        raise e.fail("command", "sets --host; ai-server passes --host 127.0.0.1 itself")
+    env = e.get("env", {}, dict)
+    for key, value in env.items():
+        if not isinstance(value, str):
+            raise e.fail("env", f"{key} must be a string, got {value!r}")
+        if key == "OLLAMA_HOST" and not is_loopback_host(value):
+            raise e.fail("env", f"OLLAMA_HOST={value} would expose the engine; it always listens on 127.0.0.1:<engine.port>")
+    engine = EngineConfig(
+        kind=kind,
+        command=tuple(command),
+        port=e.get("port", 11434, int, _port),
+        env=tuple(sorted((k, v) for k, v in env.items() if k != "OLLAMA_HOST")),
+        start_timeout=float(e.get("start_timeout", 120.0, number, _positive)),
+    )
+    e.finish()
+
+    w = table("warm")
+    warm = WarmConfig(
+        models=tuple(w.get("models", [], list, _string_list)),
+        pull=w.get("pull", True, bool),
+        keep_alive=w.get("keep_alive", "24h", str),
+    )
+    w.finish()
+
+    r = table("restart")
+    restart = RestartPolicy(
+        startsecs=float(r.get("startsecs", 1.0, number, _at_least_zero)),
+        startretries=r.get("startretries", 5, int, lambda v: None if v >= 1 else "must be at least 1"),
+        backoff_base=float(r.get("backoff_base", 1.0, number, _positive)),
+        backoff_cap=float(r.get("backoff_cap", 60.0, number, _positive)),
+        stable_secs=float(r.get("stable_secs", 60.0, number, _at_least_zero)),
+        stop_timeout=float(r.get("stop_timeout", 5.0, number, _positive)),
+    )
+    r.finish()
+    if proxy.drain_timeout + restart.stop_timeout >= LAUNCHD_EXIT_TIMEOUT - 1:
+        raise r.fail("stop_timeout", f"proxy.drain_timeout + restart.stop_timeout must stay under "
+                     f"{LAUNCHD_EXIT_TIMEOUT - 1:.0f} s, or launchd kills the supervisor mid-shutdown")
+
+    g = table("log")
+    log = LogConfig(
+        max_bytes=int(g.get("max_mb", 10, number, _positive) * 1024 * 1024),
+        backups=g.get("backups", 5, int, _at_least_zero),
+    )
+    g.finish()
+    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: allowlist.toml
+
+# A rule's literal characters. Anything else (%, \, ;, spaces...) could mean one thing to
+# HAProxy and another to the engine, so it cannot be written in a rule at all.
+_PATH_CHARS = re.compile(r"^[A-Za-z0-9._~/:-]*$")
+
+
+def check_rule_path(path: str) -> str | None:
+    if not path.startswith("/"):
+        return "must start with /"
+    literal = path.replace(MODEL_PLACEHOLDER, "m")
+    if "{" in literal or "}" in literal:
+        return "the only placeholder is {model}"
+    if path.count(MODEL_PLACEHOLDER) > 1:
+        return "may hold {model} at most once"
+    if not _PATH_CHARS.match(literal):
+        return "may hold only letters, digits and . _ ~ / : - (and {model})"
+    segments = path.split("/")[1:]
+    if any(s in (".", "..") for s in segments):
+        return "must not hold . or .. segments"
+    if "//" in path:
+        return "must not hold //"
+    if MODEL_PLACEHOLDER in path and f"/{MODEL_PLACEHOLDER}" not in path:
+        return "{model} must stand as a whole path segment, e.g. /v1/models/{model}"
+    return None
+
+
+def parse_allowlist(text: str, label: str = "allowlist.toml") -> Allowlist:
+    data = parse_toml(text, label)
+    for name in data:
+        if name != "allow":
+            raise ConfigError(label, "unknown key; rules go in [[allow]] tables",
+                              line=line_of(text, name) or line_of(text, None, name), key=name)
+    entries = data.get("allow", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(label, "must be [[allow]] tables", line=line_of(text, None, "allow"), key="allow")
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        here = line_of(text, "allow", None, index)
+
+        def fail(key: str, message: str) -> ConfigError:
+            return ConfigError(label, message, line=line_of(text, "allow", key, index) or here,
+                               key=f"allow[{index}].{key}")
+
+        for key in entry:
+            if key not in ("path", "methods"):
+                raise fail(key, "unknown key; a rule has path and methods")
+        path = entry.get("path")
+        if not isinstance(path, str):
+            raise fail("path", "missing or not a string")
+        problem = check_rule_path(path)
+        if problem:
+            raise fail("path", f"{path!r} {problem}")
+        if path in seen:
+            raise fail("path", f"{path!r} is already allowed by rule {seen[path]}; list all its methods there")
+        seen[path] = index
+        methods = entry.get("methods")
+        if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+            raise fail("methods", "must be a non-empty array of HTTP methods, e.g. [\"POST\"]")
+        upper = tuple(dict.fromkeys(m.upper() for m in methods))
+        for method in upper:
+            if method not in METHODS:
+                raise fail("methods", f"{method!r} is not a method a rule may allow ({', '.join(METHODS)})")
+        rules.append(Rule(path=path, methods=upper, line=here))
+    return Allowlist(rules=tuple(rules))

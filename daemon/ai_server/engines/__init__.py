@@ -1,0 +1,39 @@
+"""Engines behind one small interface: how to run one, whether it answers, what it serves.
+
+Each kind lives in its own module. The supervisor only ever talks to `Engine`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+import httpx
+
+from ai_server.config import EngineConfig
+
+
+class Engine(Protocol):
+    kind: str
+    # Path HAProxy's health check and our readiness check ask for; 200 means serving.
+    health_path: str
+    install_hint: str
+
+    def argv(self, config: EngineConfig, program: str) -> list[str]:
+        """The command line, with `program` the resolved path of command[0]."""
+
+    def env(self, config: EngineConfig, base: Mapping[str, str]) -> dict[str, str]:
+        """The environment: `base`, then engine.env, then what keeps it on loopback."""
+
+    async def models(self, client: httpx.AsyncClient) -> list[str]:
+        """Names of the models the engine can serve."""
+
+
+def engine_for(kind: str) -> Engine:
+    from ai_server.engines import llama_server, ollama
+
+    engines: dict[str, Engine] = {"ollama": ollama.Ollama(), "llama-server": llama_server.LlamaServer()}
+    return engines[kind]
+
+
+def base_url(config: EngineConfig) -> str:
+    return f"http://127.0.0.1:{config.port}"

