@@ -303,7 +303,7 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     r.finish()
     if proxy.drain_timeout + restart.stop_timeout >= LAUNCHD_EXIT_TIMEOUT - 1:
         raise r.fail("stop_timeout", f"proxy.drain_timeout + restart.stop_timeout must stay under "
-                     f"{LAUNCHD_EXIT_TIMEOUT - 1:.0f} s, or launchd kills the supervisor mid-shutdown")
+                     f"{LAUNCHD_EXIT_TIMEOUT - 1:.0f} s, or launchd (ExitTimeOut 20 s) kills the supervisor mid-shutdown")
 
     g = table("log")
     log = LogConfig(

@@ -1,0 +1,66 @@
+"""The generated haproxy.cfg: readable, accepted by the real `haproxy -c`, logs parseable."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ai_server import config, haproxy
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def render(tmp_path: Path, cfg_text: str = "", allow_text: str | None = None,
+           addresses: tuple[str, ...] = ("127.0.0.2",)) -> str:
+    cfg = config.parse_config(cfg_text)
+    allow = config.parse_allowlist(allow_text if allow_text is not None else config.default_text("allowlist.toml"))
+    return haproxy.render(haproxy.RenderInput(cfg, allow, addresses, tmp_path / "log.sock", tmp_path / "stats.sock"))
+
+
+@pytest.mark.parametrize("cfg_text, allow_text, addresses", [
+    ("", None, ("127.0.0.2",)),
+    ("", None, ("100.64.0.1", "fd7a:115c:a1e0::1")),
+    ('[proxy]\naccess_log = false\nmax_body_mb = 1\n[engine]\nkind = "llama-server"\nport = 8080\n', None, ("127.0.0.2",)),
+    ("", "", ("127.0.0.2",)),  # empty allowlist: everything 403
+    ("", '[[allow]]\npath = "/api/{model}/x.y"\nmethods = ["GET", "HEAD", "DELETE"]\n', ("::1",)),
+])
+def test_generated_config_passes_haproxy_check(tmp_path: Path, cfg_text, allow_text, addresses) -> None:
+    text = render(tmp_path, cfg_text, allow_text, addresses)
+    target = tmp_path / "haproxy.cfg"
+    haproxy.write_checked(HAPROXY, text, target)  # raises unless `haproxy -c` accepts it
+    assert target.read_text() == text
+
+
+def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
+    from ai_server.errors import HaproxyConfigError
+    target = tmp_path / "haproxy.cfg"
+    target.write_text("good")
+    with pytest.raises(HaproxyConfigError, match="haproxy -c rejected"):
+        haproxy.write_checked(HAPROXY, "frontend x\n    bind :1\n    bogus directive\n", target)
+    assert target.read_text() == "good"
+    assert not (tmp_path / "haproxy.cfg.new").exists()
+
+
+def test_config_holds_what_the_proxy_must_do(tmp_path: Path) -> None:
+    text = render(tmp_path, "[engine]\nport = 11500\n[proxy]\nport = 11434\n")
+    assert "bind ipv4@127.0.0.2:11434" in text
+    assert "http-request set-header Host 127.0.0.1:11500" in text
+    assert "server engine 127.0.0.1:11500 check" in text
+    assert "option forwardfor" in text
+    assert "0.0.0.0" not in text and "bind :" not in text
+    assert text.count("\n    #") > 15  # commented for a human reader
+
+
+def test_parse_access_log_line() -> None:
+    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine POST "
+            "/v1/messages?beta=true")
+    fields = haproxy.parse_log(line)
+    assert fields == {
+        "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200, "client": "100.64.0.7",
+        "client_port": 51234, "bytes_out": 1532, "bytes_in": 301, "forwarded": True, "termination": "----",
+        "t_request_ms": 0, "t_queue_ms": 0, "t_connect_ms": 1, "t_response_ms": 15, "t_total_ms": 2048}
+    assert haproxy.parse_log("Server engine/engine is DOWN") is None
+    weird = haproxy.parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <BADREQ> /a#20b")
+    assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
