@@ -157,32 +157,44 @@ class Stack:
                 pass
 
 
+def new_stack(engine_env: dict[str, str] | None = None, config: str | None = None) -> Stack:
+    """A stack's folders, shims and config; not started."""
+    # Short paths: unix socket names are limited to ~104 bytes.
+    root = Path(tempfile.mkdtemp(prefix="ais-", dir="/tmp"))
+    config_dir, state_dir, bin_dir = root / "cfg", root / "state", root / "bin"
+    for d in (config_dir, state_dir, bin_dir):
+        d.mkdir()
+    write_shim(bin_dir, "ollama", FAKE_OLLAMA)
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    os.symlink(haproxy, bin_dir / "haproxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_SERVER_", "OLLAMA_", "FAKE_OLLAMA_"))}
+    env.update({"PATH": f"{bin_dir}:/usr/bin:/bin", "AI_SERVER_STATE_DIR": str(state_dir),
+                "FAKE_OLLAMA_RECORD": str(root / "engine-requests.jsonl"), "PYTHONUNBUFFERED": "1"})
+    env.update(engine_env or {})
+    stack = Stack(root, config_dir, state_dir, bin_dir, free_port(PROXY_HOST), free_port(), env)
+    stack.write_config(config if config is not None else stack.default_config())
+    return stack
+
+
+
+
+def dispose(stack: Stack) -> None:
+    stack.stop()
+    shutil.rmtree(stack.root, ignore_errors=True)
+
+
 @pytest.fixture
 def make_stack() -> Any:
     stacks: list[Stack] = []
 
     def make(engine_env: dict[str, str] | None = None, config: str | None = None) -> Stack:
-        # Short paths: unix socket names are limited to ~104 bytes.
-        root = Path(tempfile.mkdtemp(prefix="ais-", dir="/tmp"))
-        config_dir, state_dir, bin_dir = root / "cfg", root / "state", root / "bin"
-        for d in (config_dir, state_dir, bin_dir):
-            d.mkdir()
-        write_shim(bin_dir, "ollama", FAKE_OLLAMA)
-        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        os.symlink(haproxy, bin_dir / "haproxy")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_SERVER_", "OLLAMA_", "FAKE_OLLAMA_"))}
-        env.update({"PATH": f"{bin_dir}:/usr/bin:/bin", "AI_SERVER_STATE_DIR": str(state_dir),
-                    "FAKE_OLLAMA_RECORD": str(root / "engine-requests.jsonl"), "PYTHONUNBUFFERED": "1"})
-        env.update(engine_env or {})
-        stack = Stack(root, config_dir, state_dir, bin_dir, free_port(PROXY_HOST), free_port(), env)
-        stack.write_config(config if config is not None else stack.default_config())
+        stack = new_stack(engine_env, config)
         stacks.append(stack)
         return stack
 
     yield make
     for stack in stacks:
-        stack.stop()
-        shutil.rmtree(stack.root, ignore_errors=True)
+        dispose(stack)
 
 
 @pytest.fixture

@@ -58,8 +58,10 @@ def render(spec: RenderInput) -> str:
     add("    # Runtime API, used to drain the engine before a restart and to hand listening")
     add("    # sockets to the new workers on reload, so no connection is refused.")
     add(f"    stats socket {spec.stats_socket} mode 600 level admin expose-fd listeners")
-    add("    # Old workers get this long to finish in-flight responses after a reload or stop.")
-    add(f"    hard-stop-after {_seconds(max(proxy.drain_timeout, 1.0))}")
+    add("    # After a reload, old workers finish the responses they are streaming (a long")
+    add("    # generation included) for at most this long. Stopping is bounded separately, by")
+    add("    # proxy.drain_timeout, after which the supervisor kills what is left.")
+    add(f"    hard-stop-after {_seconds(proxy.idle_timeout)}")
     add("")
     add("defaults")
     add("    mode http")
@@ -90,6 +92,10 @@ def render(spec: RenderInput) -> str:
     add("    # (CONNECT host:port) and asterisk-form (OPTIONS *) are refused outright.")
     add("    http-request deny deny_status 400 unless { url_beg / }")
     add("    # Request bodies: a declared length, and not too large.")
+    add("    # req.hdr_val stops at 32 bits: a Content-Length too long to compare is refused as too large.")
+    add(f"    http-request return status 413 content-type application/json string "
+        f"'{{\"error\":\"request body larger than {proxy.max_body_bytes} bytes (proxy.max_body_mb)\"}}' "
+        "if { req.hdr(content-length) -m found } !{ req.hdr(content-length) -m reg '^[0-9]{1,9}$' }")
     add(f"    http-request return status 413 content-type application/json string "
         f"'{{\"error\":\"request body larger than {proxy.max_body_bytes} bytes (proxy.max_body_mb)\"}}' "
         f"if {{ req.hdr_val(content-length) gt {proxy.max_body_bytes} }}")
