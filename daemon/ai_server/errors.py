@@ -6,7 +6,8 @@
     ├── AlreadyRunning       another supervisor holds the state dir
     ├── ControlError         talking to the supervisor failed or it refused the request
     │   └── NotRunning       no supervisor answers on the control socket (status exits 4)
-    └── HaproxyConfigError   `haproxy -c` rejected a generated config
+    ├── HaproxyConfigError   `haproxy -c` rejected a generated config
+    └── HaproxyRuntimeError  HAProxy's runtime API refused an update (the supervisor reloads instead)
 
 Anything else escaping is a bug, and the CLI shows it as one.
 """
@@ -46,4 +47,8 @@ class NotRunning(ControlError):
 
 
 class HaproxyConfigError(AiServerError):
+    pass
+
+
+class HaproxyRuntimeError(AiServerError):
     pass

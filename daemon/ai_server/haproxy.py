@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ai_server import allowlist as allowlist_mod
 from ai_server.config import Allowlist, Config
-from ai_server.errors import HaproxyConfigError
+from ai_server.errors import HaproxyConfigError, HaproxyRuntimeError
 
 # Our access-log line: fixed, space-separated fields, the URI last so that nothing in it can
 # shift the others. HAProxy escapes control bytes and spaces in logged URIs as #XX.
@@ -26,10 +28,11 @@ _LOG_FIELDS = LOG_FORMAT.count(" ")
 @dataclass(frozen=True)
 class RenderInput:
     config: Config
-    allowlist: Allowlist
     addresses: tuple[str, ...]
     log_socket: Path
     stats_socket: Path
+    paths_map: Path
+    routes_map: Path
     engine_health_path: str = "/"
 
 
@@ -103,9 +106,21 @@ def render(spec: RenderInput) -> str:
         "'{\"error\":\"send the request body with a Content-Length, not chunked\"}' "
         "if { req.hdr(transfer-encoding) -m found }")
     add("")
-    add("    # The allowlist (allowlist.toml).")
-    for line in allowlist_mod.acl_lines(spec.allowlist):
-        add(f"    {line}")
+    add("    # The allowlist (allowlist.toml), from two map files. The supervisor swaps new rules")
+    add("    # into the running proxy through the runtime API: no reload, no connection closed.")
+    add(f"    #   {spec.paths_map.name}: path regex -> the methods it allows")
+    add(f"    #   {spec.routes_map.name}: METHOD@path regex -> 1 when allowed")
+    add("    http-request set-var(txn.path) path")
+    add(f"    http-request set-var(txn.methods) path,map_reg({spec.paths_map},NONE)")
+    add("    http-request set-var(txn.route) method,concat(@,txn.path,)")
+    add("    # A path no rule matches: 403.")
+    add("    http-request return status 403 content-type application/json string "
+        "'{\"error\":\"forbidden: this endpoint is not on the ai-server allowlist\"}' "
+        "if { var(txn.methods) -m str NONE }")
+    add("    # A rule's path with a method it does not list: 405, saying which methods it allows.")
+    add("    http-request return status 405 content-type application/json lf-string "
+        "'{\"error\":\"method not allowed: use %[var(txn.methods)]\"}' hdr Allow \"%[var(txn.methods)]\" "
+        f"unless {{ var(txn.route),map_reg({spec.routes_map},0) -m str 1 }}")
     add("")
     add("    # Headers some frameworks read to change the method after the checks above.")
     for header in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"):
@@ -145,6 +160,74 @@ def write_checked(haproxy: str, text: str, target: Path) -> None:
         candidate.unlink(missing_ok=True)
         raise
     os.replace(candidate, target)
+
+
+def _new(path: Path) -> Path:
+    return path.with_name(path.name + ".new")
+
+
+def install(haproxy: str, spec: RenderInput, allowlist: Allowlist, target: Path) -> bool:
+    """Write haproxy.cfg and both map files, all checked together by `haproxy -c` before any
+    replaces what the proxy runs on. True when haproxy.cfg itself changed (a reload is needed);
+    False when only the maps did (swap_maps applies them live)."""
+    maps = {spec.paths_map: allowlist_mod.map_text(allowlist_mod.path_map(allowlist), allowlist, "paths"),
+            spec.routes_map: allowlist_mod.map_text(allowlist_mod.route_map(allowlist), allowlist, "routes")}
+    trial = replace(spec, paths_map=_new(spec.paths_map), routes_map=_new(spec.routes_map))
+    for path, text in maps.items():
+        _new(path).write_text(text, encoding="utf-8")
+    trial_cfg = target.with_name(target.name + ".trial")
+    trial_cfg.write_text(render(trial), encoding="utf-8")
+    try:
+        check(haproxy, trial_cfg)
+    except BaseException:
+        for path in maps:
+            _new(path).unlink(missing_ok=True)
+        raise
+    finally:
+        trial_cfg.unlink(missing_ok=True)
+    for path in maps:
+        os.replace(_new(path), path)
+    text = render(spec)
+    try:
+        changed = target.read_text(encoding="utf-8") != text
+    except FileNotFoundError:
+        changed = True
+    if changed:
+        temporary = target.with_name(target.name + ".new")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, target)
+    return changed
+
+
+def runtime(stats_socket: Path, command: str, timeout: float = 5.0) -> str:
+    """One command (or several, joined by ';') on HAProxy's runtime API; its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(stats_socket))
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def swap_maps(stats_socket: Path, spec: RenderInput, allowlist: Allowlist) -> None:
+    """Load new rules into the running worker, each map replaced atomically (prepare/commit).
+
+    Routes first, then paths: in between, a request is forwarded only if both the new routes
+    and the old paths allow it, so nothing either list refuses can slip through."""
+    for path, entries in ((spec.routes_map, allowlist_mod.route_map(allowlist)),
+                          (spec.paths_map, allowlist_mod.path_map(allowlist))):
+        answer = runtime(stats_socket, f"prepare map {path}")
+        found = re.search(r"New version created: (\d+)", answer)
+        if not found:
+            raise HaproxyRuntimeError(f"prepare map {path.name}: {answer.strip()}")
+        version = found.group(1)
+        commands = [f"add map @{version} {path} {key} {value}" for key, value in entries]
+        commands.append(f"commit map @{version} {path}")
+        answer = runtime(stats_socket, ";".join(commands)).strip()
+        if answer:
+            raise HaproxyRuntimeError(f"updating {path.name}: {answer.splitlines()[0]}")
 
 
 def _number(text: str) -> int | None:

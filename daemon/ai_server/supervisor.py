@@ -86,7 +86,7 @@ class Supervisor:
         self.addresses = self._resolve_addresses(self.config)
         for address in self.addresses:
             preflight.check_bindable(address, self.config.proxy.port, "proxy", "proxy.listen / proxy.port")
-        self._render()
+        self._install()
         self.loaded_at = _now_iso()
 
     async def main(self) -> int:
@@ -207,15 +207,18 @@ class Supervisor:
         needs_tailnet = "tailscale" in cfg.proxy.listen
         return tailnet.resolve_listen(cfg.proxy.listen, tailnet.detect() if needs_tailnet else [])
 
-    def _render(self, cfg: Config | None = None, allowlist: Allowlist | None = None,
-                addresses: tuple[str, ...] | None = None) -> None:
-        cfg = cfg or self.config
-        spec = haproxy.RenderInput(
-            config=cfg, allowlist=allowlist or self.allowlist,
-            addresses=self.addresses if addresses is None else addresses,
+    def _install(self, cfg: Config | None = None, allowlist: Allowlist | None = None,
+                 addresses: tuple[str, ...] | None = None) -> bool:
+        """Write haproxy.cfg and the allowlist maps, checked. True when haproxy.cfg changed."""
+        return haproxy.install(self._haproxy_bin, self._render_input(cfg or self.config, addresses),
+                               allowlist or self.allowlist, self.paths.haproxy_cfg)
+
+    def _render_input(self, cfg: Config, addresses: tuple[str, ...] | None = None) -> haproxy.RenderInput:
+        return haproxy.RenderInput(
+            config=cfg, addresses=self.addresses if addresses is None else addresses,
             log_socket=self.paths.haproxy_log_socket, stats_socket=self.paths.haproxy_stats_socket,
+            paths_map=self.paths.paths_map, routes_map=self.paths.routes_map,
             engine_health_path=engine_for(cfg.engine.kind).health_path)
-        haproxy.write_checked(self._haproxy_bin, haproxy.render(spec), self.paths.haproxy_cfg)
 
     async def reload(self, why: str) -> dict[str, Any]:
         """Re-read both files; apply what changed; on any error keep the last good config."""
@@ -229,11 +232,10 @@ class Supervisor:
                                               engine_for(new.engine.kind).install_hint, self.environ)
                 for address in set(addresses) - set(self.addresses) if new.proxy.port == self.config.proxy.port else addresses:
                     preflight.check_bindable(address, new.proxy.port, "proxy", "proxy.listen / proxy.port")
-                proxy_changed = (new.proxy != self.config.proxy or allowlist != self.allowlist
-                                 or addresses != self.addresses or new.engine.port != self.config.engine.port
-                                 or new.engine.kind != self.config.engine.kind)
-                if proxy_changed:
-                    self._render(new, allowlist, addresses)
+                rules_changed = allowlist != self.allowlist
+                proxy_changed = (new.proxy != self.config.proxy or addresses != self.addresses
+                                 or new.engine.port != self.config.engine.port or new.engine.kind != self.config.engine.kind)
+                cfg_changed = self._install(new, allowlist, addresses) if proxy_changed or rules_changed else False
             except AiServerError as err:
                 self.config_error = str(err)
                 fields = {"file": err.file, "line": err.line, "key": err.key} if isinstance(err, ConfigError) else {}
@@ -244,11 +246,11 @@ class Supervisor:
             self.config, self.allowlist, self.addresses = new, allowlist, addresses
             self.config_error = None
             self.loaded_at = _now_iso()
-            changed = await self._apply(old, new, proxy_changed)
+            changed = await self._apply(old, new, cfg_changed, rules_changed)
             self.log.info("reloaded", trigger=why, changed=changed, rules=len(allowlist.rules))
             return {"ok": True, "changed": changed}
 
-    async def _apply(self, old: Config, new: Config, proxy_changed: bool) -> list[str]:
+    async def _apply(self, old: Config, new: Config, cfg_changed: bool, rules_changed: bool) -> list[str]:
         changed = []
         if new.log != old.log:
             logs.configure(self.paths.log_file, new.log.max_bytes, new.log.backups)
@@ -270,10 +272,28 @@ class Supervisor:
                     new.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
             await self.engine_child.start("engine config changed")
             changed.append("engine")
-        if proxy_changed:
+        if cfg_changed:
             await self._apply_proxy("config changed")
             changed.append("proxy")
+        elif rules_changed:
+            await self._swap_rules()
+        if rules_changed:
+            changed.append("allowlist")
         return changed
+
+    async def _swap_rules(self) -> None:
+        """New allowlist into the running proxy without a reload; a reload if that fails."""
+        child = self.children.get("haproxy")
+        if child is None or child.state not in ALIVE:
+            await self._apply_proxy("allowlist changed")
+            return
+        try:
+            await asyncio.to_thread(haproxy.swap_maps, self.paths.haproxy_stats_socket,
+                                    self._render_input(self.config), self.allowlist)
+            self.log.info("allowlist_swapped", process="haproxy", rules=len(self.allowlist.rules))
+        except (AiServerError, OSError) as err:
+            self.log.warning("allowlist_swap_failed", process="haproxy", error=str(err), reason="reloading instead")
+            await self._apply_proxy("allowlist changed")
 
     async def _apply_proxy(self, reason: str) -> None:
         """Make HAProxy serve the freshly rendered haproxy.cfg."""

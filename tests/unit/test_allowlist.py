@@ -76,3 +76,11 @@ def test_add_to_missing_file_starts_from_the_shipped_default(tmp_path: Path) -> 
     target = tmp_path / "cfg" / "allowlist.toml"
     allowlist.add_rule(target, "/api/ps", ["GET"])
     assert len(config.parse_allowlist(target.read_text()).rules) == 9
+
+
+def test_maps_hold_one_entry_per_rule() -> None:
+    paths = allowlist.path_map(DEFAULT)
+    routes = allowlist.route_map(DEFAULT)
+    assert paths[0] == ("^/v1/chat/completions$", "POST")
+    assert routes[2][0].startswith("^(GET)@/v1/models/[A-Za-z0-9_]") and routes[2][1] == "1"
+    assert all(" " not in key and ";" not in key for key, _ in paths + routes)  # safe on the runtime API

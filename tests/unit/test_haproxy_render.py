@@ -12,11 +12,13 @@ from ai_server import config, haproxy
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
-def render(tmp_path: Path, cfg_text: str = "", allow_text: str | None = None,
-           addresses: tuple[str, ...] = ("127.0.0.2",)) -> str:
-    cfg = config.parse_config(cfg_text)
-    allow = config.parse_allowlist(allow_text if allow_text is not None else config.default_text("allowlist.toml"))
-    return haproxy.render(haproxy.RenderInput(cfg, allow, addresses, tmp_path / "log.sock", tmp_path / "stats.sock"))
+def spec(tmp_path: Path, cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> haproxy.RenderInput:
+    return haproxy.RenderInput(config.parse_config(cfg_text), addresses, tmp_path / "log.sock", tmp_path / "stats.sock",
+                               tmp_path / "allow-paths.map", tmp_path / "allow-routes.map")
+
+
+def render(tmp_path: Path, cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> str:
+    return haproxy.render(spec(tmp_path, cfg_text, addresses))
 
 
 @pytest.mark.parametrize("cfg_text, allow_text, addresses", [
@@ -27,10 +29,14 @@ def render(tmp_path: Path, cfg_text: str = "", allow_text: str | None = None,
     ("", '[[allow]]\npath = "/api/{model}/x.y"\nmethods = ["GET", "HEAD", "DELETE"]\n', ("::1",)),
 ])
 def test_generated_config_passes_haproxy_check(tmp_path: Path, cfg_text, allow_text, addresses) -> None:
-    text = render(tmp_path, cfg_text, allow_text, addresses)
+    allow = config.parse_allowlist(allow_text if allow_text is not None else config.default_text("allowlist.toml"))
     target = tmp_path / "haproxy.cfg"
-    haproxy.write_checked(HAPROXY, text, target)  # raises unless `haproxy -c` accepts it
-    assert target.read_text() == text
+    assert haproxy.install(HAPROXY, spec(tmp_path, cfg_text, addresses), allow, target)  # `haproxy -c` passed
+    assert target.read_text() == render(tmp_path, cfg_text, addresses)
+    assert (tmp_path / "allow-paths.map").read_text().count("\n^/") == len(allow.rules)
+    # The same settings with other rules: only the maps change, haproxy.cfg stays.
+    assert not haproxy.install(HAPROXY, spec(tmp_path, cfg_text, addresses), config.Allowlist(), target)
+    assert not list(tmp_path.glob("*.new")) and not list(tmp_path.glob("*.trial"))
 
 
 def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
@@ -45,6 +51,7 @@ def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
 
 def test_config_holds_what_the_proxy_must_do(tmp_path: Path) -> None:
     text = render(tmp_path, "[engine]\nport = 11500\n[proxy]\nport = 11434\n")
+    assert f"map_reg({tmp_path}/allow-paths.map,NONE)" in text
     assert "bind ipv4@127.0.0.2:11434" in text
     assert "http-request set-header Host 127.0.0.1:11500" in text
     assert "server engine 127.0.0.1:11500 check" in text

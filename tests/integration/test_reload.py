@@ -1,0 +1,195 @@
+"""Hot reload: save a file and the running proxy enforces it, without dropping a request."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ai_server import config
+from conftest import Stack, wait_for
+
+DEFAULT_ALLOW = config.default_text("allowlist.toml")
+PS_RULE = '\n[[allow]]\npath = "/api/ps"\nmethods = ["GET"]\n'
+
+
+def save_like_an_editor(path: Path, text: str) -> None:
+    """Write a new file and rename it over the old one, as vim, VS Code and friends do."""
+    temporary = path.with_name(f".{path.name}.swp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def status_of(stack: Stack, path: str) -> int:
+    return httpx.get(stack.url(path), timeout=5).status_code
+
+
+def test_saved_allowlist_is_enforced(stack: Stack) -> None:
+    allow_file = stack.config_dir / "allowlist.toml"
+    haproxy_pid = stack.child("haproxy")["pid"]
+    assert status_of(stack, "/api/ps") == 403
+    save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
+    wait_for(lambda: status_of(stack, "/api/ps") == 200, 10, what="/api/ps allowed")
+    assert stack.status()["proxy"]["rules"] == 9
+    save_like_an_editor(allow_file, DEFAULT_ALLOW)
+    wait_for(lambda: status_of(stack, "/api/ps") == 403, 10, what="/api/ps refused again")
+    reloads = stack.events("reloaded")
+    assert reloads and reloads[-1]["changed"] == ["allowlist"] and "allowlist.toml" in reloads[-1]["trigger"]
+    # Swapped into the running worker: no reload, the same HAProxy, no connection closed.
+    assert len(stack.events("allowlist_swapped")) == 2 and not stack.events("proxy_reload")
+    assert stack.child("haproxy")["pid"] == haproxy_pid
+
+
+@pytest.mark.parametrize("broken, where, words", [
+    ('[[allow]]\npath = "/v1/models"\nmethods = ["GET"\n', ":3:", "invalid TOML"),
+    ('[[allow]]\npath = "/v1/models"\nmethods = ["GET"]\nverbs = ["POST"]\n', ":4: allow[0].verbs", "unknown key"),
+    ('[[allow]]\npath = "/v1/models"\nmethods = ["YANK"]\n', ":3: allow[0].methods", "not a method"),
+    ('[[allow]]\npath = "/v1/%2e%2e"\nmethods = ["GET"]\n', ":2: allow[0].path", "may hold only"),
+])
+def test_broken_file_keeps_the_last_good_config(stack: Stack, broken: str, where: str, words: str) -> None:
+    allow_file = stack.config_dir / "allowlist.toml"
+    haproxy_pid = stack.child("haproxy")["pid"]
+    save_like_an_editor(allow_file, broken)
+    error = wait_for(lambda: stack.status()["proxy"]["config_error"], 10, what="config error in status")
+    assert f"allowlist.toml{where}" in error and words in error
+    human = stack.cli("status").stdout
+    assert "config error:" in human and "last good config stays in force" in human
+    logged = stack.events("config_error")[-1]
+    assert logged["level"] == "error" and logged["file"].endswith("allowlist.toml") and logged["line"] == int(where.split(":")[1])
+    # The last good list still rules: allowed still allowed, blocked still blocked.
+    assert status_of(stack, "/api/tags") == 200 and status_of(stack, "/api/pull") == 403
+    assert stack.child("haproxy")["pid"] == haproxy_pid
+    save_like_an_editor(allow_file, DEFAULT_ALLOW)
+    wait_for(lambda: stack.status()["proxy"]["config_error"] is None, 10, what="error cleared")
+
+
+def test_broken_server_config_names_its_key(stack: Stack) -> None:
+    stack.write_config(stack.default_config() + "\n[log]\nmax_mb = -1\n")
+    error = wait_for(lambda: stack.status()["proxy"]["config_error"], 10, what="config error")
+    assert "ai-server.toml" in error and "log.max_mb" in error
+    reload = stack.cli("reload")
+    assert reload.returncode == 1 and "log.max_mb" in reload.stderr
+
+
+def test_engine_change_restarts_only_the_engine(stack: Stack) -> None:
+    before = {c["name"]: c["pid"] for c in stack.status()["children"]}
+    stack.write_config(stack.default_config().replace("[engine]\n", '[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n'))
+    wait_for(lambda: (c := stack.child("ollama"))["pid"] not in (None, before["ollama"]) and c["state"] == "RUNNING",
+             20, what="engine restarted")
+    assert stack.child("haproxy")["pid"] == before["haproxy"]
+    engine_env = __import__("psutil").Process(stack.child("ollama")["pid"]).environ()
+    assert engine_env["OLLAMA_KEEP_ALIVE"] == "1h"
+    assert engine_env["OLLAMA_HOST"] == f"127.0.0.1:{stack.engine_port}"
+
+
+def test_proxy_change_reloads_in_place(stack: Stack) -> None:
+    before = {c["name"]: c["pid"] for c in stack.status()["children"]}
+    stack.write_config(stack.default_config().replace("drain_timeout = 5", "drain_timeout = 5\nmax_body_mb = 1"))
+    wait_for(lambda: httpx.post(stack.url("/v1/chat/completions"), content=b"x" * (2 << 20), timeout=5).status_code == 413,
+             10, what="new body limit")
+    assert {c["name"]: c["pid"] for c in stack.status()["children"]} == before
+
+
+def test_allow_commands_edit_the_file_and_the_server_follows(stack: Stack) -> None:
+    allow_file = stack.config_dir / "allowlist.toml"
+    allow_file.write_text(DEFAULT_ALLOW)
+    added = stack.cli("allow", "add", "/api/ps", "--method", "GET")
+    assert added.returncode == 0 and added.stdout.strip() == "allowed GET /api/ps"
+    wait_for(lambda: status_of(stack, "/api/ps") == 200, 10, what="/api/ps allowed")
+    listed = stack.cli("allow", "list").stdout
+    assert "/api/ps" in listed and "/v1/chat/completions  POST" in listed
+    assert stack.cli("allow", "remove", "/api/ps").returncode == 0
+    wait_for(lambda: status_of(stack, "/api/ps") == 403, 10, what="/api/ps refused")
+    assert allow_file.read_text() == DEFAULT_ALLOW  # comments and layout as they were
+    bad = stack.cli("allow", "add", "/api/pull", "--method", "YANK")
+    assert bad.returncode == 1 and "not a method" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reload_under_load_drops_nothing(make_stack) -> None:
+    """Concurrent clients, long streams among them, while the allowlist is rewritten many times."""
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "40"})
+    stack.start()
+    allow_file = stack.config_dir / "allowlist.toml"
+    allow_file.write_text(DEFAULT_ALLOW)
+    stop = threading.Event()
+    failures: list[str] = []
+    counts = {"requests": 0, "streams": 0}
+
+    def short_requests() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.get(stack.url("/api/tags"))
+                    if response.status_code != 200:
+                        failures.append(f"GET /api/tags -> {response.status_code}")
+                    counts["requests"] += 1
+                except httpx.HTTPError as err:
+                    failures.append(f"GET /api/tags: {err!r}")
+
+    def streams() -> None:
+        body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    with client.stream("POST", stack.url("/v1/chat/completions"), json=body) as response:
+                        events = [l for l in response.iter_lines() if l.startswith("data: ")]
+                    chunks = [json.loads(e[6:]) for e in events if e != "data: [DONE]"]
+                    if events[-1:] != ["data: [DONE]"] or len(chunks) != 41:
+                        failures.append(f"cut stream: {len(chunks)} chunks, last {events[-1:]}")
+                    counts["streams"] += 1
+                except httpx.HTTPError as err:
+                    failures.append(f"stream: {err!r}")
+
+    workers = [threading.Thread(target=short_requests) for _ in range(3)] + [threading.Thread(target=streams) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    enforced_after = []
+    try:
+        for i in range(12):
+            wanted = 200 if i % 2 == 0 else 403
+            save_like_an_editor(allow_file, DEFAULT_ALLOW + (PS_RULE if wanted == 200 else ""))
+            saved = time.monotonic()
+            wait_for(lambda: status_of(stack, "/api/ps") == wanted, 10, interval=0.02, what=f"rewrite {i} enforced")
+            enforced_after.append(time.monotonic() - saved)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+    assert failures == []
+    assert counts["streams"] >= 6 and counts["requests"] >= 50
+    print(f"\n12 rewrites, {counts['requests']} requests and {counts['streams']} streams, 0 failures; "
+          f"enforced after max {max(enforced_after):.2f}s, median {sorted(enforced_after)[6]:.2f}s")
+
+
+def test_proxy_reload_finishes_streams_in_flight(make_stack) -> None:
+    """A change to [proxy] re-executes HAProxy (SIGUSR2); streams on the old worker run to the end."""
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "60"})
+    stack.start()
+    body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    results: list[str] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=30) as response:
+                lines = [l for l in response.iter_lines() if l.startswith("data: ")]
+            results.append("ok" if lines[-1] == "data: [DONE]" and len(lines) == 62 else f"cut after {len(lines)}")
+        except httpx.HTTPError as err:
+            results.append(repr(err))
+
+    threads = [threading.Thread(target=stream) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len([r for r in stack.engine_requests() if r["target"] == "/v1/chat/completions"]) == 4,
+             10, what="streams under way")
+    for size in (10, 20, 30):
+        stack.write_config(stack.default_config().replace("drain_timeout = 5", f"drain_timeout = 5\nmax_body_mb = {size}"))
+        wait_for(lambda: len(stack.events("proxy_reload")) >= size // 10, 10, what="proxy reloaded")
+        assert status_of(stack, "/api/tags") == 200
+    for thread in threads:
+        thread.join(30)
+    assert results == ["ok"] * 4
