@@ -302,3 +302,18 @@ def subprocess_listener(port: int):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     return proc
+
+
+def test_a_stalled_log_reader_never_stalls_the_proxy(stack: Stack) -> None:
+    """With the supervisor frozen, nobody reads HAProxy's log socket: requests still flow."""
+    os.kill(stack.proc.pid, signal.SIGSTOP)
+    try:
+        with httpx.Client(timeout=5) as client:
+            started = time.monotonic()
+            answers = [client.get(stack.url("/api/version")).status_code for _ in range(3000)]
+            elapsed = time.monotonic() - started
+    finally:
+        os.kill(stack.proc.pid, signal.SIGCONT)
+    assert answers == [200] * 3000  # more log lines than the socket buffer holds, none waited for
+    print(f"\n3000 requests with the log reader frozen: {elapsed:.2f}s")
+    wait_for(lambda: serving(stack) and stack.status()["exit"] == 0, 10, what="supervisor back")
