@@ -41,6 +41,11 @@ def bind_address(address: str, port: int) -> str:
     return f"ipv{version}@{address}:{port}"
 
 
+def quote(path: Path) -> str:
+    """A path as one HAProxy config word: macOS's state dir has a space in it."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _seconds(value: float) -> str:
     return f"{int(round(value * 1000))}ms"
 
@@ -54,13 +59,15 @@ def render(spec: RenderInput) -> str:
     add("# rewritten, checked with `haproxy -c` and reloaded on every change to those files.")
     add("")
     add("global")
+    add("    # Relative file names (the allowlist maps) are next to this file.")
+    add("    default-path config")
     add("    # Access log and HAProxy's own notices go to the supervisor as datagrams. A datagram")
     add("    # socket never blocks the sender: if the supervisor falls behind, lines are dropped,")
     add("    # requests are not held up.")
-    add(f"    log {spec.log_socket} len 8192 format raw local0 info")
+    add(f"    log {quote(spec.log_socket)} len 8192 format raw local0 info")
     add("    # Runtime API, used to drain the engine before a restart and to hand listening")
     add("    # sockets to the new workers on reload, so no connection is refused.")
-    add(f"    stats socket {spec.stats_socket} mode 600 level admin expose-fd listeners")
+    add(f"    stats socket {quote(spec.stats_socket)} mode 600 level admin expose-fd listeners")
     add("    # After a reload, old workers finish the responses they are streaming (a long")
     add("    # generation included) for at most this long. Stopping is bounded separately, by")
     add("    # proxy.drain_timeout, after which the supervisor kills what is left.")
@@ -111,7 +118,7 @@ def render(spec: RenderInput) -> str:
     add(f"    #   {spec.paths_map.name}: path regex -> the methods it allows")
     add(f"    #   {spec.routes_map.name}: METHOD@path regex -> 1 when allowed")
     add("    http-request set-var(txn.path) path")
-    add(f"    http-request set-var(txn.methods) path,map_reg({spec.paths_map},NONE)")
+    add(f"    http-request set-var(txn.methods) path,map_reg({spec.paths_map.name},NONE)")
     add("    http-request set-var(txn.route) method,concat(@,txn.path,)")
     add("    # A path no rule matches: 403.")
     add("    http-request return status 403 content-type application/json string "
@@ -120,7 +127,7 @@ def render(spec: RenderInput) -> str:
     add("    # A rule's path with a method it does not list: 405, saying which methods it allows.")
     add("    http-request return status 405 content-type application/json lf-string "
         "'{\"error\":\"method not allowed: use %[var(txn.methods)]\"}' hdr Allow \"%[var(txn.methods)]\" "
-        f"unless {{ var(txn.route),map_reg({spec.routes_map},0) -m str 1 }}")
+        f"unless {{ var(txn.route),map_reg({spec.routes_map.name},0) -m str 1 }}")
     add("")
     add("    # Headers some frameworks read to change the method after the checks above.")
     for header in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"):
@@ -145,9 +152,9 @@ def check(haproxy: str, path: Path) -> None:
     """`haproxy -c -f path`; HaproxyConfigError with HAProxy's own first complaint."""
     result = subprocess.run([haproxy, "-c", "-q", "-f", str(path)], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
-        complaints = [l.strip() for l in (result.stderr + result.stdout).splitlines() if "ALERT" in l or "rror" in l]
-        first = complaints[0] if complaints else (result.stderr or result.stdout).strip().splitlines()[-1:]
-        raise HaproxyConfigError(f"haproxy -c rejected the generated config: {first}")
+        lines = [l.strip() for l in (result.stderr + result.stdout).splitlines() if l.strip()]
+        complaints = [l for l in lines if "ALERT" in l] or lines or [f"exit status {result.returncode}"]
+        raise HaproxyConfigError(f"haproxy -c rejected the generated config: {complaints[0]}")
 
 
 def write_checked(haproxy: str, text: str, target: Path) -> None:
@@ -218,13 +225,14 @@ def swap_maps(stats_socket: Path, spec: RenderInput, allowlist: Allowlist) -> No
     and the old paths allow it, so nothing either list refuses can slip through."""
     for path, entries in ((spec.routes_map, allowlist_mod.route_map(allowlist)),
                           (spec.paths_map, allowlist_mod.path_map(allowlist))):
-        answer = runtime(stats_socket, f"prepare map {path}")
+        name = path.name  # maps are loaded by relative name (default-path config)
+        answer = runtime(stats_socket, f"prepare map {name}")
         found = re.search(r"New version created: (\d+)", answer)
         if not found:
             raise HaproxyRuntimeError(f"prepare map {path.name}: {answer.strip()}")
         version = found.group(1)
-        commands = [f"add map @{version} {path} {key} {value}" for key, value in entries]
-        commands.append(f"commit map @{version} {path}")
+        commands = [f"add map @{version} {name} {key} {value}" for key, value in entries]
+        commands.append(f"commit map @{version} {name}")
         answer = runtime(stats_socket, ";".join(commands)).strip()
         if answer:
             raise HaproxyRuntimeError(f"updating {path.name}: {answer.splitlines()[0]}")

@@ -51,7 +51,7 @@ def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
 
 def test_config_holds_what_the_proxy_must_do(tmp_path: Path) -> None:
     text = render(tmp_path, "[engine]\nport = 11500\n[proxy]\nport = 11434\n")
-    assert f"map_reg({tmp_path}/allow-paths.map,NONE)" in text
+    assert "map_reg(allow-paths.map,NONE)" in text and "default-path config" in text
     assert "bind ipv4@127.0.0.2:11434" in text
     assert "http-request set-header Host 127.0.0.1:11500" in text
     assert "server engine 127.0.0.1:11500 check" in text
@@ -71,3 +71,13 @@ def test_parse_access_log_line() -> None:
     assert haproxy.parse_log("Server engine/engine is DOWN") is None
     weird = haproxy.parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <BADREQ> /a#20b")
     assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
+
+
+def test_state_dir_with_a_space_like_macos() -> None:
+    import tempfile
+    # Short: unix socket paths are limited to ~104 bytes.
+    state = Path(tempfile.mkdtemp(prefix="ais-", dir="/tmp")) / "Application Support" / "ai-server"
+    state.mkdir(parents=True)
+    allow = config.parse_allowlist(config.default_text("allowlist.toml"))
+    assert haproxy.install(HAPROXY, spec(state), allow, state / "haproxy.cfg")
+    assert f'stats socket "{state}/stats.sock"' in (state / "haproxy.cfg").read_text()
