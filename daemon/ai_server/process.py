@@ -62,14 +62,16 @@ class Child:
         *,
         ready: Callable[[], Awaitable[bool]] | None = None,
         start_timeout: float = 60.0,
-        after_ready: Callable[[int], Awaitable[str | None]] | None = None,
+        audit: Callable[[int], str | None] | None = None,
+        audit_every: float = 2.0,
         on_change: Callable[[], None] = lambda: None,
     ):
         self.name = name
         self.lc = Lifecycle(name, policy, clock, on_transition)
         self._spec = spec
         self._ready = ready
-        self._after_ready = after_ready
+        self._audit = audit
+        self.audit_every = audit_every
         self.start_timeout = start_timeout
         self._on_change = on_change
         self._log = logs.get()
@@ -217,23 +219,40 @@ class Child:
             self.lc.exited(how)
         self._changed()
 
+    async def _audited(self, proc: asyncio.subprocess.Process) -> bool:
+        """Run the audit (if any); on a finding, kill the group and go FATAL. False then."""
+        if self._audit is None or proc.returncode is not None:
+            return True
+        problem = await asyncio.to_thread(self._audit, proc.pid)
+        if problem is None:
+            return True
+        self._log.error("security", process=self.name, pid=proc.pid, finding=problem)
+        await self.kill_now(problem)
+        return False
+
     async def _become_ready(self, proc: asyncio.subprocess.Process) -> None:
-        await asyncio.sleep(self.lc.policy.startsecs)
-        deadline = self.lc.clock() + self.start_timeout
+        # Audited from the first moment, not only once healthy: a socket opened on the wrong
+        # address is caught within one poll, not after startsecs.
+        started = self.lc.clock()
+        deadline = started + self.lc.policy.startsecs + self.start_timeout
         while self.lc.state == State.STARTING and proc.returncode is None:
-            if self._ready is None or await self._ready():
-                problem = await self._after_ready(proc.pid) if self._after_ready else None
-                if problem is not None:
-                    await self.kill_now(problem)
+            if not await self._audited(proc):
+                return
+            if self.lc.can_become_running() and (self._ready is None or await self._ready()):
+                if not await self._audited(proc):
                     return
                 self.lc.healthy()
                 self._changed()
-                return
+                break
             if self.lc.clock() >= deadline:
                 self._kill_reason = f"no answer to its health check within {self.start_timeout:g}s; killed"
                 kill_group(proc.pid, signal.SIGKILL)
                 return
             await asyncio.sleep(0.1)
+        while self._audit is not None and self.lc.state == State.RUNNING and proc.returncode is None:
+            await asyncio.sleep(self.audit_every)
+            if not await self._audited(proc):
+                return
 
     async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
         pending = b""

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import httpx
 
 from ai_server import config as config_mod
-from ai_server import control, haproxy, logs, preflight, records, tailnet
+from ai_server import audit, control, haproxy, logs, preflight, records, tailnet
 from ai_server.config import Allowlist, Config
 from ai_server.engines import Engine, engine_for
 from ai_server.errors import AiServerError, ConfigError, PreflightError
@@ -157,7 +157,7 @@ class Supervisor:
     def _make_engine_child(self) -> Child:
         child = Child(self.engine.kind, self._engine_spec, self.config.restart, self.clock, self._on_transition,
                       ready=self._engine_answers, start_timeout=self.config.engine.start_timeout,
-                      on_change=self._write_records)
+                      audit=audit.check, on_change=self._write_records)
         self.children[child.name] = child
         return child
 

@@ -1,0 +1,64 @@
+"""Prove the engine listens on loopback only: every listening socket of its whole process tree.
+
+Forcing OLLAMA_HOST (or --host) is the request; this is the check. `snapshot` reads the sockets
+with psutil; `violations` judges a snapshot and is pure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Listener:
+    pid: int
+    name: str
+    address: str
+    port: int
+
+
+def snapshot(pid: int) -> list[Listener]:
+    """Listening TCP sockets (and bound UDP ones) of `pid` and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    found = []
+    for proc in family:
+        try:
+            name = proc.name()
+            for conn in proc.net_connections(kind="inet"):
+                listening = conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr)  # 2: UDP
+                if listening and conn.laddr:
+                    found.append(Listener(proc.pid, name, conn.laddr.ip, conn.laddr.port))
+        except psutil.Error:
+            continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def violations(listeners: list[Listener]) -> list[str]:
+    """What listens beyond loopback, as readable lines (empty: all is well)."""
+    return [f"{l.name} (pid {l.pid}) listens on {'[' + l.address + ']' if ':' in l.address else l.address}:{l.port}"
+            for l in listeners if not is_loopback(l.address)]
+
+
+def check(pid: int) -> str | None:
+    """None when the engine's tree listens on loopback only; else the finding, for FATAL."""
+    found = violations(snapshot(pid))
+    if not found:
+        return None
+    return "security: engine not on loopback only: " + "; ".join(found)
