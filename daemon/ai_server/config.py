@@ -45,6 +45,7 @@ class EngineConfig:
     port: int = 11434
     env: tuple[tuple[str, str], ...] = ()
     start_timeout: float = 120.0
+    drain_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,7 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         port=e.get("port", 11434, int, _port),
         env=tuple(sorted((k, v) for k, v in env.items() if k != "OLLAMA_HOST")),
         start_timeout=float(e.get("start_timeout", 120.0, number, _positive)),
+        drain_timeout=float(e.get("drain_timeout", 300.0, number, _at_least_zero)),
     )
     e.finish()
 

@@ -71,6 +71,11 @@ class Supervisor:
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._hold_available = False
+        self._hold_wanted = False
+        self._held = False
+        self._hold_changed = asyncio.Event()
+        self._restarting = False
 
     # -- launch ----------------------------------------------------------------------------------
 
@@ -80,6 +85,7 @@ class Supervisor:
         self.allowlist = config_mod.load_allowlist(self.paths.config_dir)
         self.engine = engine_for(self.config.engine.kind)
         self._haproxy_bin = preflight.require_program("haproxy", "HAProxy", preflight.haproxy_hint(), self.environ)
+        self._hold_available = haproxy.has_lua(self._haproxy_bin)
         self._engine_bin = preflight.require_program(
             self.config.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
         preflight.check_bindable("127.0.0.1", self.config.engine.port, f"engine ({self.engine.kind})", "engine.port")
@@ -117,6 +123,7 @@ class Supervisor:
             if self.addresses:
                 await proxy.start("launch")
             self._tasks = [asyncio.create_task(self._watch_config(), name="config-watcher"),
+                           asyncio.create_task(self._hold_worker(), name="hold"),
                            asyncio.create_task(self._reload_on_signal(), name="reload-signal"),
                            asyncio.create_task(self._follow_tailnet(), name="tailnet")]
             await self._stopping.wait()
@@ -137,6 +144,98 @@ class Supervisor:
     def _on_transition(self, name: str, old: State, new: State, reason: str) -> None:
         level = "warning" if new in (State.BACKOFF, State.EXITED, State.FATAL) else "info"
         getattr(self.log, level)("state", process=name, **{"from": old.value, "to": new.value}, reason=reason)
+        if name == self.engine.kind:
+            # While the engine is coming back, requests wait in the proxy rather than fail.
+            if new in (State.EXITED, State.BACKOFF):
+                self._want_hold(True)
+            elif new == State.RUNNING or new == State.FATAL or (new == State.STOPPED and not self._restarting):
+                self._want_hold(False)
+
+    # -- holding requests while the engine restarts ------------------------------------------------
+
+    def _want_hold(self, on: bool) -> None:
+        self._hold_wanted = on
+        self._hold_changed.set()
+
+    async def _hold_worker(self) -> None:
+        while True:
+            await self._hold_changed.wait()
+            self._hold_changed.clear()
+            want = self._hold_wanted
+            if want == self._held or not self._hold_available:
+                continue
+            proxy = self.children.get("haproxy")
+            if proxy is None or proxy.state not in ALIVE:
+                continue
+            if not want:
+                # Let held requests go only once HAProxy's health check sees the engine up.
+                await self._engine_up_in_proxy(timeout=5.0)
+                if self._hold_wanted:
+                    continue
+            try:
+                await asyncio.to_thread(haproxy.set_hold, self.paths.haproxy_stats_socket, self.paths.state_dir, want)
+                self._held = want
+                self.log.info("hold" if want else "release", process="haproxy",
+                              reason="engine restarting" if want else "engine back")
+            except (AiServerError, OSError) as err:
+                self.log.warning("hold_failed", process="haproxy", error=str(err))
+
+    async def _engine_up_in_proxy(self, timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            try:
+                row = await asyncio.to_thread(haproxy.server_stats, self.paths.haproxy_stats_socket)
+                if row.get("status", "").startswith("UP"):
+                    return True
+            except (AiServerError, OSError):
+                pass
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _drain_engine(self) -> None:
+        """Hold new requests and wait for the ones in flight to finish (engine.drain_timeout)."""
+        proxy = self.children.get("haproxy")
+        if not self._hold_available or proxy is None or proxy.state != State.RUNNING:
+            return
+        self._want_hold(True)
+        deadline = self.clock() + 5.0
+        while not self._held and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+        started = self.clock()
+        limit = started + self.config.engine.drain_timeout
+        in_flight = -1
+        while self.clock() < limit:
+            try:
+                row = await asyncio.to_thread(haproxy.server_stats, self.paths.haproxy_stats_socket)
+                in_flight = int(row.get("scur") or 0)
+            except (AiServerError, OSError, ValueError):
+                break
+            if in_flight == 0:
+                break
+            await asyncio.sleep(0.1)
+        if in_flight > 0:
+            self.log.warning("drain_timeout", process=self.engine.kind, in_flight=in_flight,
+                             reason=f"engine.drain_timeout ({self.config.engine.drain_timeout:g}s) reached")
+        else:
+            self.log.info("drained", process=self.engine.kind, seconds=round(self.clock() - started, 2))
+
+    async def restart_engine(self, reason: str, new_kind: str | None = None) -> None:
+        """Drain, stop, start again; requests that arrive meanwhile wait in the proxy."""
+        self._restarting = True
+        try:
+            await self._drain_engine()
+            current = self.engine_child
+            await current.stop(reason)
+            if new_kind is not None and new_kind != current.name:
+                await current.close()
+                del self.children[current.name]
+                self.engine = engine_for(new_kind)
+                self._make_engine_child()
+            await self.engine_child.start(reason)
+        finally:
+            self._restarting = False
+        if self.engine_child.state not in (State.STARTING, State.RUNNING, State.BACKOFF):
+            self._want_hold(False)
 
     def _write_records(self) -> None:
         records.write(self.paths.children_file, {n: c.record() for n, c in self.children.items()})
@@ -218,7 +317,7 @@ class Supervisor:
             config=cfg, addresses=self.addresses if addresses is None else addresses,
             log_socket=self.paths.haproxy_log_socket, stats_socket=self.paths.haproxy_stats_socket,
             paths_map=self.paths.paths_map, routes_map=self.paths.routes_map,
-            engine_health_path=engine_for(cfg.engine.kind).health_path)
+            engine_health_path=engine_for(cfg.engine.kind).health_path, hold=self._hold_available)
 
     async def reload(self, why: str) -> dict[str, Any]:
         """Re-read both files; apply what changed; on any error keep the last good config."""
@@ -258,19 +357,9 @@ class Supervisor:
         for child in self.children.values():
             child.set_policy(new.restart, new.engine.start_timeout)
         if new.engine != old.engine or new.restart != old.restart:
-            current = self.engine_child
-            await current.stop("engine config changed")
-            if new.engine.kind != old.engine.kind:
-                await current.close()
-                del self.children[current.name]
-                self.engine = engine_for(new.engine.kind)
-                self._engine_bin = preflight.require_program(
-                    new.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
-                self._make_engine_child()
-            elif new.engine.command[0] != old.engine.command[0]:
-                self._engine_bin = preflight.require_program(
-                    new.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
-            await self.engine_child.start("engine config changed")
+            kind = engine_for(new.engine.kind)
+            self._engine_bin = preflight.require_program(new.engine.command[0], kind.kind, kind.install_hint, self.environ)
+            await self.restart_engine("engine config changed", new_kind=new.engine.kind)
             changed.append("engine")
         if cfg_changed:
             await self._apply_proxy("config changed")
@@ -401,6 +490,8 @@ class Supervisor:
                         await child.stop(f"requested by {command}")
                     elif command == "start":
                         await child.start(f"requested by {command}")
+                    elif child.name == self.engine.kind and command == "restart" and len(targets) == 1:
+                        await self.restart_engine(f"requested by {command}")
                     else:
                         await child.restart(f"requested by {command}")
                     if command != "stop":

@@ -136,7 +136,8 @@ BATTERY: list[tuple[str, bytes, set[int], bool | None]] = [
     ("http/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", {0, 400}, False),
     ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls hello\r\n\r\n", {400}, False),
     ("bad version", req("GET /v1/models HTTP/9.9"), {200, 400, 505}, None),
-    ("no version", b"GET /api/pull\r\n\r\n", {400}, False),
+    # HTTP/0.9 style: HAProxy refuses it, or waits for the rest of a request that never comes.
+    ("no version", b"GET /api/pull\r\n\r\n", {0, 400}, False),
 ]
 
 
