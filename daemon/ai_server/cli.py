@@ -44,6 +44,10 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
         lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
         if proxy.get("config_error"):
             lines.append(f"config error: {proxy['config_error']} (the last good config stays in force)")
+        for item in data.get("warm") or []:
+            took = f" in {item['seconds']:g}s" if item.get("seconds") is not None else ""
+            detail = f": {item['detail']}" if item["state"] == "failed" else ""
+            lines.append(f"warm: {item['model']} {item['state']}{took}{detail}")
     return "\n".join(lines)
 
 
@@ -70,7 +74,7 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
     unknown = [n for n in args.names if n not in {c["name"] for c in data["children"]}]
     if args.json:
         children = [c for c in data["children"] if not args.names or c["name"] in args.names]
-        print(json.dumps({"children": children, "proxy": data["proxy"]}, indent=2))
+        print(json.dumps({"children": children, "proxy": data["proxy"], "warm": data.get("warm", [])}, indent=2))
     else:
         print(format_status(data, args.names))
         for name in unknown:
@@ -93,6 +97,35 @@ def cmd_reload(paths: Paths, args: argparse.Namespace) -> int:
     changed = answer.get("changed") or []
     print("reloaded: " + (", ".join(changed) + " changed" if changed else "nothing changed"))
     return EXIT_OK
+
+
+def _progress_line(event: dict[str, Any]) -> str:
+    model, status = event.get("model", ""), event.get("status", "")
+    total, completed = event.get("total"), event.get("completed")
+    if total and completed is not None:
+        return f"{model}: {status} {100 * completed / total:3.0f}% ({completed >> 20} of {total >> 20} MiB)"
+    return f"{model}: {status}"
+
+
+def cmd_warm(paths: Paths, args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
+    failed = False
+    for message in control.stream(paths.control_socket, "warm", {"models": args.models, "pull": not args.no_pull},
+                                  timeout=None):
+        event = message.get("progress")
+        if event is not None:
+            done = event.get("state") in ("loaded", "failed") and event.get("status") == event.get("state")
+            if done:
+                line = f"{event['model']}: {event['state']}" + (f" in {event['seconds']:g}s" if event.get("seconds") is not None else "")
+                print(("\r\033[K" if tty else "") + line, flush=True)
+            elif tty:
+                print("\r\033[K" + _progress_line(event), end="", flush=True)
+            continue
+        for result in message.get("results", []):
+            if result["state"] != "loaded":
+                failed = True
+                print(f"ai-server: {result['model']}: {result['detail']}", file=sys.stderr)
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def cmd_tail(paths: Paths, args: argparse.Namespace) -> int:
@@ -179,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = allow.add_parser("remove")
     r.add_argument("path")
     p.set_defaults(func=cmd_allow)
+
+    p = sub.add_parser("warm", help="load models into memory now")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--no-pull", action="store_true", help="fail for a model that is not on this machine")
+    p.set_defaults(func=cmd_warm)
 
     sub.add_parser("version", help="versions of ai-server, haproxy and the engine").set_defaults(func=cmd_version)
     return parser

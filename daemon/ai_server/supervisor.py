@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import httpx
 
 from ai_server import config as config_mod
-from ai_server import audit, control, haproxy, logs, preflight, records, tailnet
+from ai_server import audit, control, haproxy, logs, preflight, records, tailnet, warm
 from ai_server.config import Allowlist, Config
 from ai_server.engines import Engine, engine_for
 from ai_server.errors import AiServerError, ConfigError, PreflightError
@@ -76,6 +76,8 @@ class Supervisor:
         self._held = False
         self._hold_changed = asyncio.Event()
         self._restarting = False
+        self.warmed: dict[str, warm.Outcome] = {}
+        self._warm_task: asyncio.Task[Any] | None = None
 
     # -- launch ----------------------------------------------------------------------------------
 
@@ -150,6 +152,44 @@ class Supervisor:
                 self._want_hold(True)
             elif new == State.RUNNING or new == State.FATAL or (new == State.STOPPED and not self._restarting):
                 self._want_hold(False)
+            if new == State.RUNNING and self.config.warm.models:
+                self._start_warm()
+
+    # -- pre-warming ------------------------------------------------------------------------------
+
+    def _start_warm(self) -> None:
+        """After every engine (re)start: warm.models, one at a time, in the background."""
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+        models = list(self.config.warm.models)
+        self.warmed = {m: warm.Outcome(m) for m in models}
+        self._warm_task = asyncio.get_running_loop().create_task(
+            warm.warm_models(self.engine, self.config, models, self.config.warm.pull, self._warm_progress),
+            name="warm")
+
+    def _warm_progress(self, outcome: warm.Outcome, event: dict[str, Any]) -> None:
+        self.warmed[outcome.model] = outcome
+
+    async def _warm_on_demand(self, models: list[str], pull: bool) -> AsyncIterator[dict[str, Any]]:
+        child = self.engine_child
+        if child.state != State.RUNNING:
+            yield {"ok": False, "error": f"{child.name} is {child.state.value}, not RUNNING: nothing to warm"}
+            return
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def progress(outcome: warm.Outcome, event: dict[str, Any]) -> None:
+            self.warmed[outcome.model] = outcome
+            queue.put_nowait({"progress": {**event, "state": outcome.state, "seconds": outcome.seconds}})
+
+        task = asyncio.create_task(warm.warm_models(self.engine, self.config, models, pull, progress))
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield {"ok": True, "results": [o.as_dict() for o in task.result()]}
 
     # -- holding requests while the engine restarts ------------------------------------------------
 
@@ -465,6 +505,7 @@ class Supervisor:
                 "loaded_at": self.loaded_at,
                 "config_error": self.config_error,
             },
+            "warm": [o.as_dict() for o in self.warmed.values()],
             "supervisor": {"pid": os.getpid()},
         }
 
@@ -499,6 +540,10 @@ class Supervisor:
                 yield {"ok": True, **self.status()}
             elif command == "reload":
                 yield await self.reload("requested by reload")
+            elif command == "warm":
+                models = [str(m) for m in args.get("models") or []]
+                async for message in self._warm_on_demand(models, bool(args.get("pull", True))):
+                    yield message
             else:
                 yield {"ok": False, "error": f"unknown command {command!r}"}
         except AiServerError as err:

@@ -84,3 +84,38 @@ def test_requests_wait_while_a_crashed_engine_comes_back(stack: Stack) -> None:
     answer = httpx.get(stack.url("/api/tags"), timeout=30)  # no 503: it waits for the engine
     assert answer.status_code == 200
     assert stack.child("ollama")["pid"] != old
+
+
+def test_warm_models_after_start_pull_then_load_past_a_failure(make_stack) -> None:
+    stack = make_stack(engine_env={"FAKE_OLLAMA_MODELS": "smollm2:135m", "FAKE_OLLAMA_PULLABLE": "qwen2.5-coder:32b"})
+    stack.write_config(stack.default_config() + '\n[warm]\nmodels = ["smollm2:135m", "nosuch:7b", "qwen2.5-coder:32b"]\nkeep_alive = "2h"\n')
+    stack.start()
+    done = wait_for(lambda: len(stack.events("warm")) == 3 and stack.events("warm"), 20, what="three warm outcomes")
+    assert [(e["model"], e["outcome"]) for e in done] == [
+        ("smollm2:135m", "loaded"), ("nosuch:7b", "failed"), ("qwen2.5-coder:32b", "loaded")]
+    assert done[2]["detail"] == "pulled and loaded" and "file does not exist" in done[1]["detail"]
+    # One at a time, in order, straight to the engine: pull then load for the missing one.
+    targets = [(r["target"], json.loads(r.get("body") or "{}").get("model")) for r in stack.engine_requests()
+               if r["target"] in ("/api/pull", "/api/generate")]
+    assert [t for t, _ in targets] == ["/api/generate", "/api/pull", "/api/pull", "/api/generate"]
+    status = stack.status()
+    assert [(w["model"], w["state"]) for w in status["warm"]] == [
+        ("smollm2:135m", "loaded"), ("nosuch:7b", "failed"), ("qwen2.5-coder:32b", "loaded")]
+    human = stack.cli("status").stdout
+    assert "warm: nosuch:7b failed" in human and "warm: qwen2.5-coder:32b loaded in" in human
+
+
+def test_warm_command(make_stack) -> None:
+    stack = make_stack(engine_env={"FAKE_OLLAMA_PULLABLE": "llama3"})
+    stack.start()
+    result = stack.cli("warm", "smollm2:135m", "llama3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("smollm2:135m: loaded in ") and lines[1].startswith("llama3: loaded in ")
+    assert len(lines) == 2  # not a terminal: a plain line per model, no progress bars
+    failed = stack.cli("warm", "--no-pull", "mistral", "smollm2:135m")
+    assert failed.returncode == 1
+    assert "mistral: not on this machine" in failed.stderr or "mistral is not on this machine" in failed.stderr
+    assert "smollm2:135m: loaded" in failed.stdout
+    pulls = [r for r in stack.engine_requests() if r["target"] == "/api/pull"]
+    assert len(pulls) == 1  # llama3 only; --no-pull pulled nothing

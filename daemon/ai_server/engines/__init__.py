@@ -5,11 +5,18 @@ Each kind lives in its own module. The supervisor only ever talks to `Engine`.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import httpx
 
-from ai_server.config import EngineConfig
+from ai_server.config import EngineConfig, WarmConfig
+from ai_server.errors import AiServerError
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class WarmError(AiServerError):
+    """One model could not be warmed; the message says why."""
 
 
 class Engine(Protocol):
@@ -26,6 +33,11 @@ class Engine(Protocol):
 
     async def models(self, client: httpx.AsyncClient) -> list[str]:
         """Names of the models the engine can serve."""
+
+    async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
+                   progress: Progress) -> str:
+        """Make `model` answer fast: pull if missing (when `pull`), then load. Returns what was
+        done ("loaded", "pulled and loaded"); raises WarmError."""
 
 
 def engine_for(kind: str) -> Engine:

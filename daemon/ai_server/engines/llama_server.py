@@ -6,7 +6,8 @@ from typing import Mapping
 
 import httpx
 
-from ai_server.config import EngineConfig
+from ai_server.config import EngineConfig, WarmConfig
+from ai_server.engines import Progress, WarmError
 
 
 class LlamaServer:
@@ -28,3 +29,18 @@ class LlamaServer:
         response = await client.get("/v1/models")
         response.raise_for_status()
         return [m["id"] for m in response.json().get("data", [])]
+
+    async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
+                   progress: Progress) -> str:
+        # llama-server cannot download; in router mode (--models-dir) the first request loads
+        # the model, so one token makes sure it answers.
+        progress({"model": model, "status": "loading"})
+        response = await client.post("/v1/chat/completions", json={
+            "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+        if response.status_code != 200:
+            try:
+                detail = response.json().get("error", {}).get("message") or response.text
+            except (ValueError, AttributeError):
+                detail = response.text
+            raise WarmError(f"load failed: {detail}")
+        return "loaded"

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from typing import Mapping
 
 import httpx
 
-from ai_server.config import EngineConfig
+from ai_server.config import EngineConfig, WarmConfig
+from ai_server.engines import Progress, WarmError
+
+
+def _full_name(model: str) -> str:
+    """Ollama's own default: a name without a tag means :latest."""
+    return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)
+    except ValueError:
+        return response.text.strip() or f"HTTP {response.status_code}"
 
 
 class Ollama:
@@ -28,3 +42,33 @@ class Ollama:
         response = await client.get("/api/tags")
         response.raise_for_status()
         return [m["name"] for m in response.json().get("models", [])]
+
+    async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
+                   progress: Progress) -> str:
+        done = "loaded"
+        if _full_name(model) not in {_full_name(m) for m in await self.models(client)}:
+            if not pull:
+                raise WarmError(f"{model} is not on this machine (and pulling is off)")
+            await self._pull(client, model, progress)
+            done = "pulled and loaded"
+        progress({"model": model, "status": "loading"})
+        # An empty prompt is Ollama's documented way to load a model without generating.
+        response = await client.post("/api/generate", json={"model": model, "keep_alive": config.keep_alive,
+                                                            "stream": False})
+        if response.status_code != 200:
+            raise WarmError(f"load failed: {_error(response)}")
+        return done
+
+    async def _pull(self, client: httpx.AsyncClient, model: str, progress: Progress) -> None:
+        async with client.stream("POST", "/api/pull", json={"model": model, "stream": True}) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise WarmError(f"pull failed: {_error(response)}")
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "error" in event:
+                    raise WarmError(f"pull failed: {event['error']}")
+                progress({"model": model, "status": event.get("status", "pulling"),
+                          "completed": event.get("completed"), "total": event.get("total")})
