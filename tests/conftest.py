@@ -20,7 +20,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_OLLAMA = ROOT / "tests" / "fixtures" / "fake_ollama.py"
-PROXY_HOST = "127.0.0.2"  # loopback, but not the engine's address: a stand-in for the tailnet IP
+PROXY_HOST = "127.0.0.2"
+
+sys.path.insert(0, str(ROOT / "tests"))  # loopback, but not the engine's address: a stand-in for the tailnet IP
 
 
 def free_port(host: str = "127.0.0.1") -> int:

