@@ -320,3 +320,20 @@ def test_a_stalled_log_reader_never_stalls_the_proxy(stack: Stack) -> None:
     assert answers == [403] * 3000  # far more log lines than the socket buffer holds, none waited for
     print(f"\n3000 requests with the log reader frozen: {elapsed:.2f}s")
     wait_for(lambda: serving(stack) and stack.status()["exit"] == 0, 10, what="supervisor back")
+
+
+def test_streamed_chunks_are_forwarded_as_produced(make_stack) -> None:
+    """The engine sends a token every 50 ms: each must arrive on its own, not bunched up by the
+    proxy (HAProxy holds small chunks back for up to 200 ms without option http-no-delay)."""
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "20"})
+    stack.start()
+    body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    stamps = []
+    with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                stamps.append(time.monotonic())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert len(stamps) == 21
+    spread = [g for g in gaps if g > 0.025]
+    assert len(spread) >= 0.8 * len(gaps), [round(g * 1000) for g in gaps]
