@@ -50,15 +50,17 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def violations(listeners: list[Listener]) -> list[str]:
-    """What listens beyond loopback, as readable lines (empty: all is well)."""
+def violations(listeners: list[Listener], also: frozenset[str] = frozenset()) -> list[str]:
+    """What listens beyond loopback (and the `also` addresses), as readable lines."""
     return [f"{l.name} (pid {l.pid}) listens on {'[' + l.address + ']' if ':' in l.address else l.address}:{l.port}"
-            for l in listeners if not is_loopback(l.address)]
+            for l in listeners if not is_loopback(l.address) and l.address not in also]
 
 
-def check(pid: int) -> str | None:
-    """None when the engine's tree listens on loopback only; else the finding, for FATAL."""
-    found = violations(snapshot(pid))
+def check(pid: int, also: frozenset[str] = frozenset()) -> str | None:
+    """None when the engine's tree listens on loopback only (or on `also`, in the proxy-less
+    mode); else the finding, for FATAL."""
+    found = violations(snapshot(pid), also)
     if not found:
         return None
-    return "security: engine not on loopback only: " + "; ".join(found)
+    where = "loopback only" if not also else "loopback and " + ", ".join(sorted(also)) + " only"
+    return f"security: engine not on {where}: " + "; ".join(found)

@@ -37,11 +37,15 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
         lines.append(f"{child['name']:<32} {child['state']:<10}{child['description']}")
     proxy = data["proxy"]
     if not names:
-        if proxy.get("waiting"):
+        if proxy.get("enabled") is False:
+            lines.append(f"proxy: DISABLED: the engine listens on {proxy.get('engine_listen') or 'nothing yet'} itself; "
+                         "every endpoint is reachable there")
+        elif proxy.get("waiting"):
             lines.append(f"proxy: {proxy['waiting']}")
         else:
             lines.append(f"proxy: listening on {', '.join(proxy['listen'])}")
-        lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
+        if proxy.get("enabled") is not False:
+            lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
         if proxy.get("config_error"):
             lines.append(f"config error: {proxy['config_error']} (the last good config stays in force)")
         for item in data.get("warm") or []:

@@ -28,6 +28,7 @@ LAUNCHD_EXIT_TIMEOUT = 20.0
 
 @dataclass(frozen=True)
 class ProxyConfig:
+    enabled: bool = True
     listen: tuple[str, ...] = ("tailscale",)
     port: int = 11434
     drain_timeout: float = 10.0
@@ -250,6 +251,7 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         if problem:
             raise p.fail("listen", problem)
     proxy = ProxyConfig(
+        enabled=p.get("enabled", True, bool),
         listen=tuple(listen),
         port=p.get("port", 11434, int, _port),
         drain_timeout=float(p.get("drain_timeout", 10.0, number, _at_least_zero)),

@@ -24,7 +24,7 @@ import httpx
 from ai_server import config as config_mod
 from ai_server import audit, control, haproxy, logs, preflight, records, tailnet, warm
 from ai_server.config import Allowlist, Config
-from ai_server.engines import Engine, engine_for
+from ai_server.engines import Engine, engine_for, host_port
 from ai_server.errors import AiServerError, ConfigError, PreflightError
 from ai_server.lifecycle import Clock
 from ai_server.paths import Paths
@@ -86,16 +86,33 @@ class Supervisor:
         self.config = config_mod.load(self.paths.config_dir)
         self.allowlist = config_mod.load_allowlist(self.paths.config_dir)
         self.engine = engine_for(self.config.engine.kind)
-        self._haproxy_bin = preflight.require_program("haproxy", "HAProxy", preflight.haproxy_hint(), self.environ)
-        self._hold_available = haproxy.has_lua(self._haproxy_bin)
+        proxied = self.config.proxy.enabled
+        if proxied:
+            self._haproxy_bin = preflight.require_program("haproxy", "HAProxy", preflight.haproxy_hint(), self.environ)
+            self._hold_available = haproxy.has_lua(self._haproxy_bin)
         self._engine_bin = preflight.require_program(
             self.config.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
-        preflight.check_bindable("127.0.0.1", self.config.engine.port, f"engine ({self.engine.kind})", "engine.port")
         self.addresses = self._resolve_addresses(self.config)
-        for address in self.addresses:
-            preflight.check_bindable(address, self.config.proxy.port, "proxy", "proxy.listen / proxy.port")
-        self._install()
+        bind = self.engine_bind
+        if bind is not None:
+            preflight.check_bindable(*bind, f"engine ({self.engine.kind})",
+                                     "engine.port" if proxied else "proxy.listen / proxy.port")
+        if proxied:
+            for address in self.addresses:
+                preflight.check_bindable(address, self.config.proxy.port, "proxy", "proxy.listen / proxy.port")
+            self._install()
         self.loaded_at = _now_iso()
+
+    @property
+    def engine_bind(self) -> tuple[str, int] | None:
+        """Where the engine listens: loopback behind the proxy; without the proxy (declined at
+        install), the first tailnet address itself, never every interface. None: no address yet."""
+        if self.config.proxy.enabled:
+            return ("127.0.0.1", self.config.engine.port)
+        if not self.addresses:
+            return None
+        ipv4 = [a for a in self.addresses if ":" not in a]
+        return ((ipv4 or list(self.addresses))[0], self.config.proxy.port)
 
     async def main(self) -> int:
         paths = self.paths
@@ -118,11 +135,12 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
 
             engine = self._make_engine_child()
-            proxy = self._make_haproxy_child()
-            await engine.start("launch")
-            # The proxy's first health check should find the engine answering, not refusing.
-            await engine.settled(self.config.restart.startsecs + self.config.engine.start_timeout)
-            if self.addresses:
+            proxy = self._make_haproxy_child() if self.config.proxy.enabled else None
+            if self.engine_bind is not None:
+                await engine.start("launch")
+                # The proxy's first health check should find the engine answering, not refusing.
+                await engine.settled(self.config.restart.startsecs + self.config.engine.start_timeout)
+            if proxy is not None and self.addresses:
                 await proxy.start("launch")
             self._tasks = [asyncio.create_task(self._watch_config(), name="config-watcher"),
                            asyncio.create_task(self._hold_worker(), name="hold"),
@@ -164,7 +182,8 @@ class Supervisor:
         models = list(self.config.warm.models)
         self.warmed = {m: warm.Outcome(m) for m in models}
         self._warm_task = asyncio.get_running_loop().create_task(
-            warm.warm_models(self.engine, self.config, models, self.config.warm.pull, self._warm_progress),
+            warm.warm_models(self.engine, self.config, self.engine_url, models, self.config.warm.pull,
+                             self._warm_progress),
             name="warm")
 
     def _warm_progress(self, outcome: warm.Outcome, event: dict[str, Any]) -> None:
@@ -181,7 +200,7 @@ class Supervisor:
             self.warmed[outcome.model] = outcome
             queue.put_nowait({"progress": {**event, "state": outcome.state, "seconds": outcome.seconds}})
 
-        task = asyncio.create_task(warm.warm_models(self.engine, self.config, models, pull, progress))
+        task = asyncio.create_task(warm.warm_models(self.engine, self.config, self.engine_url, models, pull, progress))
         while not task.done() or not queue.empty():
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -281,9 +300,9 @@ class Supervisor:
         records.write(self.paths.children_file, {n: c.record() for n, c in self.children.items()})
 
     def _engine_spec(self) -> Spec:
-        cfg = self.config.engine
-        return Spec(argv=tuple(self.engine.argv(cfg, self._engine_bin)),
-                    env=self.engine.env(cfg, self.environ),
+        cfg, bind = self.config.engine, self.engine_bind or ("127.0.0.1", self.config.engine.port)
+        return Spec(argv=tuple(self.engine.argv(cfg, self._engine_bin, bind)),
+                    env=self.engine.env(cfg, self.environ, bind),
                     stop_signal=signal.SIGTERM, stop_timeout=self.config.restart.stop_timeout)
 
     def _haproxy_spec(self) -> Spec:
@@ -296,7 +315,7 @@ class Supervisor:
     def _make_engine_child(self) -> Child:
         child = Child(self.engine.kind, self._engine_spec, self.config.restart, self.clock, self._on_transition,
                       ready=self._engine_answers, start_timeout=self.config.engine.start_timeout,
-                      audit=audit.check, on_change=self._write_records)
+                      audit=self._audit, on_change=self._write_records)
         self.children[child.name] = child
         return child
 
@@ -311,11 +330,19 @@ class Supervisor:
     def engine_child(self) -> Child:
         return self.children[self.engine.kind]
 
+    def _audit(self, pid: int) -> str | None:
+        bind = self.engine_bind
+        also = frozenset() if self.config.proxy.enabled or bind is None else frozenset({bind[0]})
+        return audit.check(pid, also)
+
+    @property
+    def engine_url(self) -> str:
+        return f"http://{host_port(self.engine_bind or ('127.0.0.1', self.config.engine.port))}"
+
     async def _engine_answers(self) -> bool:
-        cfg = self.config.engine
         try:
             async with httpx.AsyncClient(timeout=2.0) as client:
-                response = await client.get(f"http://127.0.0.1:{cfg.port}{self.engine.health_path}")
+                response = await client.get(f"{self.engine_url}{self.engine.health_path}")
             return response.status_code == 200
         except httpx.HTTPError:
             return False
@@ -371,10 +398,16 @@ class Supervisor:
                                               engine_for(new.engine.kind).install_hint, self.environ)
                 for address in set(addresses) - set(self.addresses) if new.proxy.port == self.config.proxy.port else addresses:
                     preflight.check_bindable(address, new.proxy.port, "proxy", "proxy.listen / proxy.port")
+                if new.proxy.enabled != self.config.proxy.enabled:
+                    raise ConfigError(self.paths.config_file.name, "changing proxy.enabled needs a restart of ai-server "
+                                      "(`ai-server install` again, or restart the service)", key="proxy.enabled")
                 rules_changed = allowlist != self.allowlist
                 proxy_changed = (new.proxy != self.config.proxy or addresses != self.addresses
                                  or new.engine.port != self.config.engine.port or new.engine.kind != self.config.engine.kind)
-                cfg_changed = self._install(new, allowlist, addresses) if proxy_changed or rules_changed else False
+                if not new.proxy.enabled:
+                    cfg_changed = rules_changed = False
+                else:
+                    cfg_changed = self._install(new, allowlist, addresses) if proxy_changed or rules_changed else False
             except AiServerError as err:
                 self.config_error = str(err)
                 fields = {"file": err.file, "line": err.line, "key": err.key} if isinstance(err, ConfigError) else {}
@@ -385,21 +418,27 @@ class Supervisor:
             self.config, self.allowlist, self.addresses = new, allowlist, addresses
             self.config_error = None
             self.loaded_at = _now_iso()
-            changed = await self._apply(old, new, cfg_changed, rules_changed)
+            changed = await self._apply(old, new, cfg_changed, rules_changed, proxy_changed)
             self.log.info("reloaded", trigger=why, changed=changed, rules=len(allowlist.rules))
             return {"ok": True, "changed": changed}
 
-    async def _apply(self, old: Config, new: Config, cfg_changed: bool, rules_changed: bool) -> list[str]:
+    async def _apply(self, old: Config, new: Config, cfg_changed: bool, rules_changed: bool,
+                     proxy_changed: bool = False) -> list[str]:
         changed = []
         if new.log != old.log:
             logs.configure(self.paths.log_file, new.log.max_bytes, new.log.backups)
             changed.append("log")
         for child in self.children.values():
             child.set_policy(new.restart, new.engine.start_timeout)
-        if new.engine != old.engine or new.restart != old.restart:
+        # Without the proxy, the engine's own address follows proxy.listen and proxy.port.
+        rebind = not new.proxy.enabled and proxy_changed
+        if new.engine != old.engine or new.restart != old.restart or rebind:
             kind = engine_for(new.engine.kind)
             self._engine_bin = preflight.require_program(new.engine.command[0], kind.kind, kind.install_hint, self.environ)
-            await self.restart_engine("engine config changed", new_kind=new.engine.kind)
+            if self.engine_bind is None:
+                await self.engine_child.stop("no address to listen on")
+            else:
+                await self.restart_engine("engine config changed", new_kind=new.engine.kind)
             changed.append("engine")
         if cfg_changed:
             await self._apply_proxy("config changed")
@@ -426,6 +465,8 @@ class Supervisor:
 
     async def _apply_proxy(self, reason: str) -> None:
         """Make HAProxy serve the freshly rendered haproxy.cfg."""
+        if not self.config.proxy.enabled:
+            return
         if not self.addresses:
             if "haproxy" in self.children:
                 await self.children["haproxy"].stop("no address to listen on")
@@ -485,6 +526,7 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         waiting = None if self.addresses else "waiting for a tailnet address (is Tailscale up?)"
+        bind = self.engine_bind
         children = []
         for child in self.children.values():
             snap = child.snapshot()
@@ -501,6 +543,8 @@ class Supervisor:
                 "listen": [f"[{a}]:{self.config.proxy.port}" if ":" in a else f"{a}:{self.config.proxy.port}"
                            for a in self.addresses],
                 "waiting": waiting,
+                "enabled": self.config.proxy.enabled,
+                "engine_listen": None if bind is None else host_port(bind),
                 "rules": len(self.allowlist.rules),
                 "loaded_at": self.loaded_at,
                 "config_error": self.config_error,

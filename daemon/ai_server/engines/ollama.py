@@ -8,7 +8,7 @@ from typing import Mapping
 import httpx
 
 from ai_server.config import EngineConfig, WarmConfig
-from ai_server.engines import Progress, WarmError
+from ai_server.engines import Progress, WarmError, host_port
 
 
 def _full_name(model: str) -> str:
@@ -28,14 +28,14 @@ class Ollama:
     health_path = "/"
     install_hint = "install it with `brew install ollama` (macOS) or from ollama.com/download (Linux)"
 
-    def argv(self, config: EngineConfig, program: str) -> list[str]:
+    def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
         return [program, *config.command[1:]]
 
-    def env(self, config: EngineConfig, base: Mapping[str, str]) -> dict[str, str]:
+    def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
         env = dict(base)
         env.update(dict(config.env))
         # Last, so neither the user's shell nor engine.env can widen it.
-        env["OLLAMA_HOST"] = f"127.0.0.1:{config.port}"
+        env["OLLAMA_HOST"] = host_port(bind)
         return env
 
     async def models(self, client: httpx.AsyncClient) -> list[str]:
