@@ -186,6 +186,34 @@ def cmd_version(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _installer(args: argparse.Namespace):
+    from ai_server.install.installer import Installer
+    from ai_server.install.system import System
+
+    system = System()
+    # The service's folders are the target platform's, as `run` under it will see them.
+    paths = resolve(args.config_dir, platform=system.platform())
+    return Installer(system, paths, yes=args.yes, dry_run=args.dry_run)
+
+
+def cmd_install(paths: Paths, args: argparse.Namespace) -> int:
+    from ai_server.install.installer import ACL_STEPS
+
+    installer = _installer(args)
+    installer.perform(installer.install())
+    if not args.dry_run:
+        cfg = config_mod.load(installer.paths.config_dir)
+        print()
+        print(ACL_STEPS.format(port=cfg.proxy.port))
+    return EXIT_OK
+
+
+def cmd_uninstall(paths: Paths, args: argparse.Namespace) -> int:
+    installer = _installer(args)
+    installer.perform(installer.uninstall())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-server", description="Serve a private LLM over Tailscale: HAProxy allowlist in front of a loopback-only engine.")
     parser.add_argument("--config-dir", help="folder holding ai-server.toml and allowlist.toml")
@@ -221,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--no-pull", action="store_true", help="fail for a model that is not on this machine")
     p.set_defaults(func=cmd_warm)
+
+    for name, func, what in (("install", cmd_install, "set up the LaunchAgent (macOS) or systemd user unit (Linux)"),
+                             ("uninstall", cmd_uninstall, "remove it, with the state and logs")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--yes", action="store_true", help="answer every question with its default")
+        p.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
+        p.set_defaults(func=func)
 
     sub.add_parser("version", help="versions of ai-server, haproxy and the engine").set_defaults(func=cmd_version)
     return parser

@@ -34,6 +34,17 @@ class WriteFile:
 
 
 @dataclass(frozen=True)
+class MakeDir:
+    path: Path
+
+    def describe(self) -> str:
+        return f"create {self.path}"
+
+    def apply(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+@dataclass(frozen=True)
 class Remove:
     path: Path
 
@@ -96,7 +107,7 @@ class Call:
         self.function()
 
 
-Action = WriteFile | Remove | Move | Run | Call
+Action = WriteFile | MakeDir | Remove | Move | Run | Call
 
 
 def perform(actions: Sequence[Action], dry_run: bool, say: Callable[[str], None]) -> None:

@@ -15,7 +15,7 @@ from ai_server import config as config_mod
 from ai_server import control
 from ai_server.errors import AiServerError
 from ai_server.install import launchd, systemd
-from ai_server.install.actions import Action, Call, InstallError, Move, Remove, Run, WriteFile, perform
+from ai_server.install.actions import Action, Call, InstallError, MakeDir, Move, Remove, Run, WriteFile, perform
 from ai_server.install.system import System
 from ai_server.paths import Paths
 
@@ -177,6 +177,9 @@ class Installer:
         target = f"gui/{s.uid}"
         loaded = s.run("launchctl", "print", f"{target}/{launchd.LABEL}").returncode == 0
         if self._changed(plist, content) or not loaded:
+            if not self.paths.log_dir.exists():
+                # launchd does not create the folder of StandardErrorPath; output would be lost.
+                actions.append(MakeDir(self.paths.log_dir))
             actions.append(WriteFile(plist, content))
             # bootout first: a second install then just works, whatever state the agent is in.
             actions.append(Run(("launchctl", "bootout", f"{target}/{launchd.LABEL}"), may_fail=True,
