@@ -186,6 +186,16 @@ def cmd_version(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(paths: Paths, args: argparse.Namespace) -> int:
+    from ai_server import check
+
+    checker = check.Checker(paths, model=args.model, skip_model=args.skip_model_tests,
+                            skip_anthropic=args.skip_anthropic_tests)
+    results = checker.run()
+    print(check.as_json(results) if args.json else check.render_table(results))
+    return EXIT_FAIL if any(r.outcome == "FAIL" for r in results) else EXIT_OK
+
+
 def _installer(args: argparse.Namespace):
     from ai_server.install.installer import Installer
     from ai_server.install.system import System
@@ -249,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--no-pull", action="store_true", help="fail for a model that is not on this machine")
     p.set_defaults(func=cmd_warm)
+
+    p = sub.add_parser("check", help="verify a live installation end to end")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", metavar="M", help="the model for the API checks (default: a warmed one)")
+    p.add_argument("--skip-model-tests", action="store_true")
+    p.add_argument("--skip-anthropic-tests", action="store_true")
+    p.set_defaults(func=cmd_check)
 
     for name, func, what in (("install", cmd_install, "set up the LaunchAgent (macOS) or systemd user unit (Linux)"),
                              ("uninstall", cmd_uninstall, "remove it, with the state and logs")):

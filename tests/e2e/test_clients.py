@@ -157,3 +157,16 @@ def test_blocked_endpoints_are_refused(oai: openai.OpenAI, stack: Stack) -> None
     for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("GET", "/health"),
                          ("GET", "/props"), ("POST", "/completion"), ("GET", "/metrics"), ("POST", "/models/load")):
         assert httpx.request(method, stack.url(path), json={}, timeout=10).status_code == 403, path
+
+
+def test_check_passes_against_the_live_stack(stack: Stack) -> None:
+    result = stack.cli("check", "--json", timeout=300)
+    report = json.loads(result.stdout)
+    failed = [c for c in report["checks"] if c["outcome"] == "FAIL"]
+    assert result.returncode == 0 and failed == []
+    assert len(report["checks"]) >= 26 and report["passed"] >= 26
+    skipped = {c["name"]: c["detail"] for c in report["checks"] if c["outcome"] == "SKIP"}
+    assert set(skipped) <= {"service manager runs ai-server", "GET /v1/models/{model} returns the model",
+                            "engine runs as this user, not root"}, skipped
+    table = stack.cli("check", "--skip-anthropic-tests", timeout=300).stdout
+    assert "anthropic   POST /v1/messages" in table and "SKIP    --skip-anthropic-tests" in table

@@ -119,3 +119,37 @@ def test_warm_command(make_stack) -> None:
     assert "smollm2:135m: loaded" in failed.stdout
     pulls = [r for r in stack.engine_requests() if r["target"] == "/api/pull"]
     assert len(pulls) == 1  # llama3 only; --no-pull pulled nothing
+
+
+def check_outcomes(stack: Stack) -> tuple[int, dict[str, str]]:
+    result = stack.cli("check", "--json", "--skip-model-tests", timeout=120)
+    report = json.loads(result.stdout)
+    return result.returncode, {c["name"]: c["outcome"] for c in report["checks"]}
+
+
+def test_check_passes_on_a_healthy_stack_without_model_tests(stack: Stack) -> None:
+    code, outcomes = check_outcomes(stack)
+    assert code == 0 and "FAIL" not in outcomes.values()
+    assert outcomes["POST /api/pull refused with 403"] == "PASS"
+    assert outcomes["chat completion"] == "SKIP"
+
+
+def test_check_catches_an_allowlist_that_lets_pull_through(make_stack) -> None:
+    stack = make_stack()
+    from ai_server import config
+    (stack.config_dir / "allowlist.toml").write_text(
+        config.default_text("allowlist.toml") + '\n[[allow]]\npath = "/api/pull"\nmethods = ["POST"]\n')
+    stack.start()
+    code, outcomes = check_outcomes(stack)
+    assert code == 1
+    assert outcomes["POST /api/pull refused with 403"] == "FAIL"
+    assert [name for name, outcome in outcomes.items() if outcome == "FAIL"] == ["POST /api/pull refused with 403"]
+
+
+def test_check_catches_an_engine_on_every_interface(make_stack) -> None:
+    stack = make_stack(engine_env={"FAKE_OLLAMA_BIND_ALL": "1"})
+    stack.start(wait=False)
+    wait_for(lambda: stack.log_file.exists() and stack.events("state", process="ollama", to="FATAL"), 20, what="FATAL")
+    code, outcomes = check_outcomes(stack)
+    assert code == 1
+    assert outcomes["engine RUNNING"] == "FAIL" and outcomes["engine bound to loopback only"] == "FAIL"
