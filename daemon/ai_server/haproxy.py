@@ -222,18 +222,6 @@ def check(haproxy: str, path: Path) -> None:
         raise HaproxyConfigError(f"haproxy -c rejected the generated config: {complaints[0]}")
 
 
-def write_checked(haproxy: str, text: str, target: Path) -> None:
-    """Check `text`, then swap it in atomically: the running proxy never sees half a file."""
-    candidate = target.with_name(target.name + ".new")
-    candidate.write_text(text, encoding="utf-8")
-    try:
-        check(haproxy, candidate)
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
-    os.replace(candidate, target)
-
-
 def _new(path: Path) -> Path:
     return path.with_name(path.name + ".new")
 

@@ -112,24 +112,23 @@ def preconfigure(machine: Machine) -> None:
         f'[proxy]\nlisten = ["{PROXY_HOST}"]\nport = {free_port(PROXY_HOST)}\n[engine]\nport = {free_port()}\n')
 
 
-@pytest.fixture
-def mac() -> Iterator[Machine]:
-    machine = make_machine("darwin")
+def machine_for(platform: str) -> Iterator[Machine]:
+    machine = make_machine(platform)
     yield machine
     machine.cli("uninstall", "--yes")
     for proc in machine.supervisor():
         proc.kill()
     shutil.rmtree(machine.root, ignore_errors=True)
+
+
+@pytest.fixture
+def mac() -> Iterator[Machine]:
+    yield from machine_for("darwin")
 
 
 @pytest.fixture
 def linux() -> Iterator[Machine]:
-    machine = make_machine("linux")
-    yield machine
-    machine.cli("uninstall", "--yes")
-    for proc in machine.supervisor():
-        proc.kill()
-    shutil.rmtree(machine.root, ignore_errors=True)
+    yield from machine_for("linux")
 
 
 def seed_competitors(machine: Machine) -> None:

@@ -41,12 +41,18 @@ def test_generated_config_passes_haproxy_check(tmp_path: Path, cfg_text, allow_t
 
 def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
     from ai_server.errors import HaproxyConfigError
+    allow = config.parse_allowlist(config.default_text("allowlist.toml"))
     target = tmp_path / "haproxy.cfg"
     target.write_text("good")
+    (tmp_path / "allow-paths.map").write_text("old")
     with pytest.raises(HaproxyConfigError, match="haproxy -c rejected"):
-        haproxy.write_checked(HAPROXY, "frontend x\n    bind :1\n    bogus directive\n", target)
-    assert target.read_text() == "good"
-    assert not (tmp_path / "haproxy.cfg.new").exists()
+        haproxy.install("/bin/false", spec(tmp_path), allow, target)  # an `haproxy -c` that says no
+    assert target.read_text() == "good" and (tmp_path / "allow-paths.map").read_text() == "old"
+    assert not list(tmp_path.glob("*.new")) and not list(tmp_path.glob("*.trial"))
+    bogus = tmp_path / "bogus.cfg"
+    bogus.write_text("frontend x\n    bind :1\n    bogus directive\n")
+    with pytest.raises(HaproxyConfigError, match="bogus"):
+        haproxy.check(HAPROXY, bogus)
 
 
 def test_config_holds_what_the_proxy_must_do(tmp_path: Path) -> None:
