@@ -215,7 +215,7 @@ def server_stats(stats_socket: Path, backend: str = "engine", server: str = "eng
 
 def check(haproxy: str, path: Path) -> None:
     """`haproxy -c -f path`; HaproxyConfigError with HAProxy's own first complaint."""
-    result = subprocess.run([haproxy, "-c", "-q", "-f", str(path)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         lines = [l.strip() for l in (result.stderr + result.stdout).splitlines() if l.strip()]
         complaints = [l for l in lines if "ALERT" in l] or lines or [f"exit status {result.returncode}"]
