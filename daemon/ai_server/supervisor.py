@@ -393,10 +393,11 @@ class Supervisor:
                 new = config_mod.load(self.paths.config_dir)
                 allowlist = config_mod.load_allowlist(self.paths.config_dir)
                 addresses = self._resolve_addresses(new)
-                if new.engine.command[0] != self.config.engine.command[0] or new.engine.kind != self.config.engine.kind:
-                    preflight.require_program(new.engine.command[0], new.engine.kind,
-                                              engine_for(new.engine.kind).install_hint, self.environ)
-                for address in set(addresses) - set(self.addresses) if new.proxy.port == self.config.proxy.port else addresses:
+                kind = engine_for(new.engine.kind)
+                engine_bin = preflight.require_program(new.engine.command[0], kind.kind, kind.install_hint, self.environ)
+                # Addresses already bound by the running proxy are ours; only new ones can clash.
+                fresh = addresses if new.proxy.port != self.config.proxy.port else tuple(set(addresses) - set(self.addresses))
+                for address in fresh:
                     preflight.check_bindable(address, new.proxy.port, "proxy", "proxy.listen / proxy.port")
                 if new.proxy.enabled != self.config.proxy.enabled:
                     raise ConfigError(self.paths.config_file.name, "changing proxy.enabled needs a restart of ai-server "
@@ -416,6 +417,7 @@ class Supervisor:
                 return {"ok": False, "error": f"{err} (the last good config stays in force)"}
             old = self.config
             self.config, self.allowlist, self.addresses = new, allowlist, addresses
+            self._engine_bin = engine_bin
             self.config_error = None
             self.loaded_at = _now_iso()
             changed = await self._apply(old, new, cfg_changed, rules_changed, proxy_changed)
@@ -433,8 +435,6 @@ class Supervisor:
         # Without the proxy, the engine's own address follows proxy.listen and proxy.port.
         rebind = not new.proxy.enabled and proxy_changed
         if new.engine != old.engine or new.restart != old.restart or rebind:
-            kind = engine_for(new.engine.kind)
-            self._engine_bin = preflight.require_program(new.engine.command[0], kind.kind, kind.install_hint, self.environ)
             if self.engine_bind is None:
                 await self.engine_child.stop("no address to listen on")
             else:
@@ -489,13 +489,20 @@ class Supervisor:
                                                watch_filter=lambda _, p: os.path.basename(p) in names,
                                                stop_event=self._stopping):
             files = sorted({os.path.basename(p) for _, p in changes})
-            await self.reload(f"saved {', '.join(files)}")
+            await self._reload_guarded(f"saved {', '.join(files)}")
+
+    async def _reload_guarded(self, why: str) -> None:
+        """For the background loops: a bug in one reload must not end hot reload for good."""
+        try:
+            await self.reload(why)
+        except Exception:
+            self.log.exception("reload_failed", trigger=why)
 
     async def _reload_on_signal(self) -> None:
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
-            await self.reload("SIGHUP")
+            await self._reload_guarded("SIGHUP")
 
     async def _follow_tailnet(self) -> None:
         """Bind the tailnet address when it appears or changes; never fall back to anything else."""
@@ -506,7 +513,7 @@ class Supervisor:
             addresses = self._resolve_addresses(self.config)
             if addresses != self.addresses:
                 self.log.info("tailnet_changed", old=list(self.addresses), new=list(addresses))
-                await self.reload("tailnet address changed")
+                await self._reload_guarded("tailnet address changed")
 
     async def _open_log_socket(self) -> asyncio.DatagramTransport:
         path = self.paths.haproxy_log_socket
