@@ -337,3 +337,33 @@ def test_streamed_chunks_are_forwarded_as_produced(make_stack) -> None:
     assert len(stamps) == 21
     spread = [g for g in gaps if g > 0.025]
     assert len(spread) >= 0.8 * len(gaps), [round(g * 1000) for g in gaps]
+
+
+def test_log_rotates_by_size_and_tail_reads_across(make_stack) -> None:
+    stack = make_stack()
+    stack.write_config(stack.default_config() + "\n[log]\nmax_mb = 0.02\nbackups = 3\n")  # ~20 KiB
+    stack.start()
+    with httpx.Client(timeout=5) as client:
+        for _ in range(300):
+            client.get(stack.url("/api/version"))
+    logs = stack.log_file.parent
+    wait_for(lambda: (logs / "ai-server.jsonl.1").exists(), 10, what="a rotated file")
+    assert stack.log_file.stat().st_size <= 0.02 * 1024 * 1024 + 4096
+    assert not (logs / "ai-server.jsonl.4").exists()  # backups = 3
+    in_current = sum(json.loads(l).get("process") == "haproxy" for l in stack.log_file.read_text().splitlines())
+    lines = stack.cli("tail", "-n", "5000", "haproxy").stdout.splitlines()
+    assert len(lines) > in_current  # older lines come from the rotated files
+    assert all(json.loads(l)["process"] == "haproxy" for l in lines)
+    stamps = [json.loads(l)["timestamp"] for l in lines]
+    assert stamps == sorted(stamps)  # oldest first, across files
+
+
+def test_fatal_engine_starts_again_when_its_config_changes(make_stack) -> None:
+    stack = make_stack()
+    broken = stack.default_config().replace("[engine]\n", '[engine]\nenv = { FAKE_OLLAMA_CRASH = "1" }\n')
+    stack.write_config(broken)
+    stack.start(wait=False)
+    wait_for(lambda: stack.log_file.exists() and stack.events("state", process="ollama", to="FATAL"), 30, what="FATAL")
+    stack.write_config(stack.default_config())  # the fix
+    wait_for(lambda: stack.cli("status").returncode == 0, 30, what="running again")
+    assert serving(stack)
