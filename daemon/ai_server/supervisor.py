@@ -100,6 +100,8 @@ class Supervisor:
         if proxied:
             for address in self.addresses:
                 preflight.check_bindable(address, self.config.proxy.port, "proxy", "proxy.listen / proxy.port")
+            # A supervisor killed while holding requests leaves "hold 1" behind: start released.
+            (self.paths.state_dir / haproxy.HOLD_MAP).write_text("hold 0\n", encoding="utf-8")
             self._install()
         self.loaded_at = _now_iso()
 

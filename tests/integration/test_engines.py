@@ -153,3 +153,14 @@ def test_check_catches_an_engine_on_every_interface(make_stack) -> None:
     code, outcomes = check_outcomes(stack)
     assert code == 1
     assert outcomes["engine RUNNING"] == "FAIL" and outcomes["engine bound to loopback only"] == "FAIL"
+
+
+def test_a_hold_left_by_a_killed_supervisor_is_released_at_launch(stack: Stack) -> None:
+    import signal
+    stack.proc.send_signal(signal.SIGKILL)
+    stack.proc.wait(10)
+    (stack.state_dir / "hold.map").write_text("hold 1\n")  # as if it died mid-restart
+    stack.start()
+    started = time.monotonic()
+    assert httpx.get(stack.url("/api/tags"), timeout=30).status_code == 200
+    assert time.monotonic() - started < 5  # not held (a held request would wait 120 s)
