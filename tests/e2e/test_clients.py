@@ -163,7 +163,7 @@ def test_check_passes_against_the_live_stack(stack: Stack) -> None:
     result = stack.cli("check", "--json", timeout=300)
     report = json.loads(result.stdout)
     failed = [c for c in report["checks"] if c["outcome"] == "FAIL"]
-    assert result.returncode == 0 and failed == []
+    assert failed == [] and result.returncode == 0
     assert len(report["checks"]) >= 26 and report["passed"] >= 26
     skipped = {c["name"]: c["detail"] for c in report["checks"] if c["outcome"] == "SKIP"}
     assert set(skipped) <= {"service manager runs ai-server", "GET /v1/models/{model} returns the model",
