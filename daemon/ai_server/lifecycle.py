@@ -65,12 +65,14 @@ class Lifecycle:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def start(self, reason: str) -> bool:
-        """Asked to start (by the user, a config change, or at launch). True: spawn now."""
+    def start(self, reason: str, fresh: bool = False) -> bool:
+        """Asked to start (at launch, by a person, after a config change). True: spawn now.
+
+        Leaving FATAL, or `fresh` (a person asked), starts a new series of retries."""
         if self.state in ALIVE:
             return False
-        if self.state == State.FATAL or reason.startswith("requested"):
-            self.failures = 0  # a person (or a new config) gets a fresh set of retries
+        if self.state == State.FATAL or fresh:
+            self.failures = 0
         self.retry_at = None
         self._set_state(State.STARTING, reason)
         return True

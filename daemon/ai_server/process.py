@@ -106,10 +106,10 @@ class Child:
         self.lc.policy = policy
         self.start_timeout = start_timeout
 
-    async def start(self, reason: str) -> None:
+    async def start(self, reason: str, fresh: bool = False) -> None:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name=f"{self.name}-ticker")
-        if self.lc.start(reason):
+        if self.lc.start(reason, fresh):
             await self._spawn()
 
     async def stop(self, reason: str, timeout: float | None = None) -> None:
@@ -136,9 +136,9 @@ class Child:
             await asyncio.sleep(0.05)
         return self.lc.state
 
-    async def restart(self, reason: str) -> None:
+    async def restart(self, reason: str, fresh: bool = False) -> None:
         await self.stop(reason)
-        await self.start(reason)
+        await self.start(reason, fresh)
 
     async def kill_now(self, reason: str) -> None:
         """FATAL at once, process group killed: for a child that must not keep running."""

@@ -24,6 +24,7 @@ import httpx
 from ai_server import config as config_mod
 from ai_server import audit, control, haproxy, logs, preflight, records, tailnet, warm
 from ai_server.config import Allowlist, Config
+from ai_server.drain import Hold
 from ai_server.engines import Engine, engine_for, host_port
 from ai_server.errors import AiServerError, ConfigError, PreflightError
 from ai_server.lifecycle import Clock
@@ -71,10 +72,8 @@ class Supervisor:
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._hold_available = False
-        self._hold_wanted = False
-        self._held = False
-        self._hold_changed = asyncio.Event()
+        self.hold = Hold(paths.haproxy_stats_socket, paths.state_dir, clock, self.log,
+                         lambda: "haproxy" in self.children and self.children["haproxy"].state == State.RUNNING)
         self._restarting = False
         self.warmed: dict[str, warm.Outcome] = {}
         self._warm_task: asyncio.Task[Any] | None = None
@@ -89,7 +88,7 @@ class Supervisor:
         proxied = self.config.proxy.enabled
         if proxied:
             self._haproxy_bin = preflight.require_program("haproxy", "HAProxy", preflight.haproxy_hint(), self.environ)
-            self._hold_available = haproxy.has_lua(self._haproxy_bin)
+            self.hold.available = haproxy.has_lua(self._haproxy_bin)
         self._engine_bin = preflight.require_program(
             self.config.engine.command[0], self.engine.kind, self.engine.install_hint, self.environ)
         self.addresses = self._resolve_addresses(self.config)
@@ -145,7 +144,7 @@ class Supervisor:
             if proxy is not None and self.addresses:
                 await proxy.start("launch")
             self._tasks = [asyncio.create_task(self._watch_config(), name="config-watcher"),
-                           asyncio.create_task(self._hold_worker(), name="hold"),
+                           asyncio.create_task(self.hold.run(), name="hold"),
                            asyncio.create_task(self._reload_on_signal(), name="reload-signal"),
                            asyncio.create_task(self._follow_tailnet(), name="tailnet")]
             await self._stopping.wait()
@@ -169,9 +168,9 @@ class Supervisor:
         if name == self.engine.kind:
             # While the engine is coming back, requests wait in the proxy rather than fail.
             if new in (State.EXITED, State.BACKOFF):
-                self._want_hold(True)
+                self.hold.want(True)
             elif new == State.RUNNING or new == State.FATAL or (new == State.STOPPED and not self._restarting):
-                self._want_hold(False)
+                self.hold.want(False)
             if new == State.RUNNING and self.config.warm.models:
                 self._start_warm()
 
@@ -212,79 +211,11 @@ class Supervisor:
                 getter.cancel()
         yield {"ok": True, "results": [o.as_dict() for o in task.result()]}
 
-    # -- holding requests while the engine restarts ------------------------------------------------
-
-    def _want_hold(self, on: bool) -> None:
-        self._hold_wanted = on
-        self._hold_changed.set()
-
-    async def _hold_worker(self) -> None:
-        while True:
-            await self._hold_changed.wait()
-            self._hold_changed.clear()
-            want = self._hold_wanted
-            if want == self._held or not self._hold_available:
-                continue
-            proxy = self.children.get("haproxy")
-            if proxy is None or proxy.state not in ALIVE:
-                continue
-            if not want:
-                # Let held requests go only once HAProxy's health check sees the engine up.
-                await self._engine_up_in_proxy(timeout=5.0)
-                if self._hold_wanted:
-                    continue
-            try:
-                await asyncio.to_thread(haproxy.set_hold, self.paths.haproxy_stats_socket, self.paths.state_dir, want)
-                self._held = want
-                self.log.info("hold" if want else "release", process="haproxy",
-                              reason="engine restarting" if want else "engine back")
-            except (AiServerError, OSError) as err:
-                self.log.warning("hold_failed", process="haproxy", error=str(err))
-
-    async def _engine_up_in_proxy(self, timeout: float) -> bool:
-        deadline = self.clock() + timeout
-        while self.clock() < deadline:
-            try:
-                row = await asyncio.to_thread(haproxy.server_stats, self.paths.haproxy_stats_socket)
-                if row.get("status", "").startswith("UP"):
-                    return True
-            except (AiServerError, OSError):
-                pass
-            await asyncio.sleep(0.05)
-        return False
-
-    async def _drain_engine(self) -> None:
-        """Hold new requests and wait for the ones in flight to finish (engine.drain_timeout)."""
-        proxy = self.children.get("haproxy")
-        if not self._hold_available or proxy is None or proxy.state != State.RUNNING:
-            return
-        self._want_hold(True)
-        deadline = self.clock() + 5.0
-        while not self._held and self.clock() < deadline:
-            await asyncio.sleep(0.02)
-        started = self.clock()
-        limit = started + self.config.engine.drain_timeout
-        in_flight = -1
-        while self.clock() < limit:
-            try:
-                row = await asyncio.to_thread(haproxy.server_stats, self.paths.haproxy_stats_socket)
-                in_flight = int(row.get("scur") or 0)
-            except (AiServerError, OSError, ValueError):
-                break
-            if in_flight == 0:
-                break
-            await asyncio.sleep(0.1)
-        if in_flight > 0:
-            self.log.warning("drain_timeout", process=self.engine.kind, in_flight=in_flight,
-                             reason=f"engine.drain_timeout ({self.config.engine.drain_timeout:g}s) reached")
-        else:
-            self.log.info("drained", process=self.engine.kind, seconds=round(self.clock() - started, 2))
-
-    async def restart_engine(self, reason: str, new_kind: str | None = None) -> None:
+    async def restart_engine(self, reason: str, new_kind: str | None = None, fresh: bool = False) -> None:
         """Drain, stop, start again; requests that arrive meanwhile wait in the proxy."""
         self._restarting = True
         try:
-            await self._drain_engine()
+            await self.hold.drain(self.engine.kind, self.config.engine.drain_timeout)
             current = self.engine_child
             await current.stop(reason)
             if new_kind is not None and new_kind != current.name:
@@ -292,11 +223,11 @@ class Supervisor:
                 del self.children[current.name]
                 self.engine = engine_for(new_kind)
                 self._make_engine_child()
-            await self.engine_child.start(reason)
+            await self.engine_child.start(reason, fresh)
         finally:
             self._restarting = False
         if self.engine_child.state not in (State.STARTING, State.RUNNING, State.BACKOFF):
-            self._want_hold(False)
+            self.hold.want(False)
 
     def _write_records(self) -> None:
         records.write(self.paths.children_file, {n: c.record() for n, c in self.children.items()})
@@ -386,7 +317,7 @@ class Supervisor:
             config=cfg, addresses=self.addresses if addresses is None else addresses,
             log_socket=self.paths.haproxy_log_socket, stats_socket=self.paths.haproxy_stats_socket,
             paths_map=self.paths.paths_map, routes_map=self.paths.routes_map,
-            engine_health_path=engine_for(cfg.engine.kind).health_path, hold=self._hold_available)
+            engine_health_path=engine_for(cfg.engine.kind).health_path, hold=self.hold.available)
 
     async def reload(self, why: str) -> dict[str, Any]:
         """Re-read both files; apply what changed; on any error keep the last good config."""
@@ -580,14 +511,15 @@ class Supervisor:
                 if command == "stop":
                     targets = sorted(targets, key=lambda c: c.name != "haproxy")
                 for child in targets:
+                    reason = f"requested by {command}"
                     if command == "stop":
-                        await child.stop(f"requested by {command}")
+                        await child.stop(reason)
                     elif command == "start":
-                        await child.start(f"requested by {command}")
-                    elif child.name == self.engine.kind and command == "restart" and len(targets) == 1:
-                        await self.restart_engine(f"requested by {command}")
+                        await child.start(reason, fresh=True)
+                    elif child.name == self.engine.kind and len(targets) == 1:
+                        await self.restart_engine(reason, fresh=True)
                     else:
-                        await child.restart(f"requested by {command}")
+                        await child.restart(reason, fresh=True)
                     if command != "stop":
                         await child.settled(child.lc.policy.startsecs + child.start_timeout)
                 yield {"ok": True, **self.status()}

@@ -88,7 +88,7 @@ def test_fatal_is_left_by_start_with_a_fresh_count(clock, transitions) -> None:
     lc.spawned(1)
     lc.exited("exit status 1")
     assert lc.state == State.FATAL
-    assert lc.start("requested by start")
+    assert lc.start("requested by start", fresh=True)
     assert lc.failures == 0 and lc.state == State.STARTING
 
 
