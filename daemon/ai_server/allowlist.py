@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import tomlkit
-from tomlkit.items import AoT, Table
+from tomlkit.items import AoT
 
 from ai_server.config import MODEL_PLACEHOLDER, METHODS, Allowlist, Rule, check_rule_path, default_text, parse_allowlist
 from ai_server.errors import ConfigError

@@ -7,6 +7,7 @@ then looks for itself: at the sockets, from the tailnet address, through the pro
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import time
@@ -139,8 +140,6 @@ class Checker:
         self.check("service", "engine RUNNING", running("engine"))
 
         def not_root() -> str:
-            import os
-
             pid = self.child("engine")["pid"]
             assert pid, "the engine is not running"
             proc = psutil.Process(pid)
@@ -242,9 +241,8 @@ class Checker:
     def _pick_model(self) -> str | None:
         if self.skip_model:
             return "--skip-model-tests"
-        base = self.proxy_url if self.status["proxy"].get("enabled", True) else self.engine_url  # type: ignore[index]
         try:
-            names = [m["id"] for m in self.client.get(base + "/v1/models").json().get("data", [])]
+            names = [m["id"] for m in self.client.get(self.base + "/v1/models").json().get("data", [])]
         except (httpx.HTTPError, ValueError, Skip):
             names = []
         if self.model:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ai_server import __version__, allowlist, control, logs

@@ -153,7 +153,7 @@ def render(spec: RenderInput) -> str:
     add("    default_backend engine")
     add("")
     add("backend engine")
-    add(f"    option httpchk")
+    add("    option httpchk")
     add(f"    http-check send meth GET uri {spec.engine_health_path} ver HTTP/1.1 hdr Host {engine_addr}")
     add("    http-check expect status 200")
     add("    # Checked every second; while down, every 250 ms, so a restarted engine is back at once.")

@@ -37,7 +37,6 @@ class Snapshot:
     restarts: int
     failures: int
     description: str
-    retry_in_s: float | None
 
 
 class Lifecycle:
@@ -151,19 +150,16 @@ class Lifecycle:
         self._set_state(State.BACKOFF, f"{reason}; retry {self.failures} of {self.policy.startretries - 1} in {delay:g}s")
 
     def next_deadline(self) -> float | None:
-        """When the driver should look again without being told anything."""
+        """When a scheduled retry is due (readiness is the driver's health loop's business)."""
         if self.retry_at is not None and self.state in (State.BACKOFF, State.EXITED):
             return self.retry_at
-        if self.state == State.STARTING and self.started_at is not None:
-            return self.started_at + self.policy.startsecs
         return None
 
     def snapshot(self) -> Snapshot:
         now = self.clock()
         uptime = now - self.started_at if self.state == State.RUNNING and self.started_at is not None else None
-        retry_in = max(0.0, self.retry_at - now) if self.retry_at is not None else None
         return Snapshot(self.name, self.state, self.pid, uptime, max(0, self.starts - 1),
-                        self.failures, describe(self.state, self.pid, uptime, self.reason), retry_in)
+                        self.failures, describe(self.state, self.pid, uptime, self.reason))
 
 
 def format_uptime(seconds: float) -> str:

@@ -15,9 +15,8 @@ import os
 import signal
 import socket
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import httpx
 
@@ -26,10 +25,10 @@ from ai_server import audit, control, haproxy, logs, preflight, records, tailnet
 from ai_server.config import Allowlist, Config
 from ai_server.drain import Hold
 from ai_server.engines import Engine, engine_for, host_port
-from ai_server.errors import AiServerError, ConfigError, PreflightError
+from ai_server.errors import AiServerError, ConfigError
 from ai_server.lifecycle import Clock
 from ai_server.paths import Paths
-from ai_server.process import Child, Spec, kill_group
+from ai_server.process import Child, Spec
 from ai_server.states import ALIVE, State
 
 TAILNET_POLL_S = 5.0
@@ -233,7 +232,7 @@ class Supervisor:
         records.write(self.paths.children_file, {n: c.record() for n, c in self.children.items()})
 
     def _engine_spec(self) -> Spec:
-        cfg, bind = self.config.engine, self.engine_bind or ("127.0.0.1", self.config.engine.port)
+        cfg, bind = self.config.engine, self._engine_address
         return Spec(argv=tuple(self.engine.argv(cfg, self._engine_bin, bind)),
                     env=self.engine.env(cfg, self.environ, bind),
                     stop_signal=signal.SIGTERM, stop_timeout=self.config.restart.stop_timeout)
@@ -269,8 +268,14 @@ class Supervisor:
         return audit.check(pid, also)
 
     @property
+    def _engine_address(self) -> tuple[str, int]:
+        # Before a tailnet address exists (proxy-less mode) the engine is not started; loopback
+        # is only a placeholder for the spec and URL.
+        return self.engine_bind or ("127.0.0.1", self.config.engine.port)
+
+    @property
     def engine_url(self) -> str:
-        return f"http://{host_port(self.engine_bind or ('127.0.0.1', self.config.engine.port))}"
+        return f"http://{host_port(self._engine_address)}"
 
     async def _engine_answers(self) -> bool:
         try:

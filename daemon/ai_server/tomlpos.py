@@ -14,7 +14,6 @@ _KEY = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_\-]+))\s*=""")
 
 def line_of(text: str, table: str | None, key: str | None = None, index: int | None = None) -> int | None:
     """1-based line of `key` inside `[table]` (or the `index`-th `[[table]]`); the header's line when key is None."""
-    current: str | None = None
     seen = -1
     header_line: int | None = None
     inside = table is None
@@ -22,7 +21,6 @@ def line_of(text: str, table: str | None, key: str | None = None, index: int | N
         header = _HEADER.match(raw)
         if header:
             name = header.group(2).replace('"', "").replace("'", "").strip()
-            current = name
             if header.group(1) == "[[" and name == table:
                 seen += 1
             inside = name == table and (index is None or seen == index)

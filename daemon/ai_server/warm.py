@@ -6,7 +6,7 @@ Pulls go to the engine directly: /api/pull is blocked at the proxy, on purpose.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import httpx
@@ -25,7 +25,6 @@ class Outcome:
     state: str = "pending"          # pending, pulling, loading, loaded, failed
     detail: str = ""
     seconds: float | None = None
-    updated: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "state": self.state, "detail": self.detail, "seconds": self.seconds}

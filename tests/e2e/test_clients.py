@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import PROXY_HOST, Stack, dispose, free_port, new_stack, wait_for
+from conftest import PROXY_HOST, Stack, dispose, new_stack, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 devstack = pytest.importorskip("devstack")

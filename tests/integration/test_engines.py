@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import httpx
 import psutil
-import pytest
 
 from conftest import Stack, wait_for
 

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import PROXY_HOST, Stack, free_port, wait_for
+from conftest import PROXY_HOST, Stack, wait_for
 
 
 def serving(stack: Stack) -> bool:
