@@ -27,13 +27,19 @@ def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
     return asyncio.run(Supervisor(paths).main())
 
 
+def name_width(names: Sequence[str]) -> int:
+    """supervisorctl's name column: the longest name, at least 30, plus 3."""
+    return max([30, *(len(n) for n in names)]) + 3
+
+
 def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
-    lines = []
-    for child in data["children"]:
-        if names and child["name"] not in names:
-            continue
-        # supervisorctl's own layout: '%(name)-32s %(state)-10s%(desc)s'
-        lines.append(f"{child['name']:<32} {child['state']:<10}{child['description']}")
+    shown = [c for c in data["children"] if not names or c["name"] in names]
+    width = name_width([c["name"] for c in data["children"]])
+    # supervisorctl's own layout: '%(namespec)-<width>s%(state)-10s%(desc)s'
+    lines = [f"{c['name']:<{width}}{c['state']:<10}{c['description']}".rstrip() for c in shown]
+    for name in names:
+        if name not in {c["name"] for c in data["children"]}:
+            lines.append(f"{name}: ERROR (no such process)")
     proxy = data["proxy"]
     if not names:
         if proxy.get("enabled") is False:
@@ -74,21 +80,23 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
         else:
             print(str(err), file=sys.stderr)
         return EXIT_NO_SUPERVISOR
-    unknown = [n for n in args.names if n not in {c["name"] for c in data["children"]}]
     if args.json:
         children = [c for c in data["children"] if not args.names or c["name"] in args.names]
-        print(json.dumps({"children": children, "proxy": data["proxy"], "warm": data.get("warm", [])}, indent=2))
+        unknown = [n for n in args.names if n not in {c["name"] for c in data["children"]}]
+        out = {k: v for k, v in data.items() if k != "ok"}
+        out["children"] = children
+        if unknown:
+            out["unknown"] = unknown
+        print(json.dumps(out, indent=2))
     else:
         print(format_status(data, args.names))
-        for name in unknown:
-            print(f"{name:<32} ERROR (no such process)")
     return _status_code(data, args.names)
 
 
 def _control(command: str) -> Callable[[Paths, argparse.Namespace], int]:
     def run(paths: Paths, args: argparse.Namespace) -> int:
-        timeout = 120.0
-        answer = control.request(paths.control_socket, command, {"name": args.name}, timeout=timeout)
+        # A restart drains the engine first (engine.drain_timeout, 300 s by default).
+        answer = control.request(paths.control_socket, command, {"name": args.name}, timeout=900.0)
         shown = [c for c in answer["children"] if args.name == "all" or c["name"] == args.name]
         print(format_status({"children": shown, "proxy": answer["proxy"]}, [c["name"] for c in shown]))
         return EXIT_OK

@@ -14,7 +14,7 @@ from typing import Callable
 import structlog
 
 from ai_server import haproxy
-from ai_server.errors import AiServerError
+from ai_server.errors import HaproxyRuntimeError
 from ai_server.lifecycle import Clock
 
 
@@ -49,8 +49,16 @@ class Hold:
                 self.held = want
                 self.log.info("hold" if want else "release", process="haproxy",
                               reason="engine restarting" if want else "engine back")
-            except (AiServerError, OSError) as err:
+            except HaproxyRuntimeError as err:
                 self.log.warning("hold_failed", process="haproxy", error=str(err))
+
+    def release_now(self) -> None:
+        """Release at once, without waiting for the engine (shutdown). Blocking."""
+        self.wanted = False
+        if self.available and self.held:
+            haproxy.set_hold(self.stats_socket, self.state_dir, False)
+            self.held = False
+            self.log.info("release", process="haproxy", reason="shutting down")
 
     async def _engine_up_in_proxy(self, timeout: float) -> bool:
         deadline = self.clock() + timeout
@@ -59,7 +67,7 @@ class Hold:
                 row = await asyncio.to_thread(haproxy.server_stats, self.stats_socket)
                 if row.get("status", "").startswith("UP"):
                     return True
-            except (AiServerError, OSError):
+            except HaproxyRuntimeError:
                 pass
             await asyncio.sleep(0.05)
         return False
@@ -78,7 +86,7 @@ class Hold:
             try:
                 row = await asyncio.to_thread(haproxy.server_stats, self.stats_socket)
                 in_flight = int(row.get("scur") or 0)
-            except (AiServerError, OSError, ValueError):
+            except (HaproxyRuntimeError, ValueError):
                 break
             if in_flight == 0:
                 break

@@ -2,12 +2,16 @@
 
     AiServerError            one clear line for the user; the CLI prints it and exits 1
     ├── ConfigError          a config file is unreadable or invalid (names file, line, key)
+    ├── StateDirError        the state or log dir is not safely ours (owner, mode, symlink)
     ├── PreflightError       `run` cannot start: a binary missing, a port taken, an address not here
     ├── AlreadyRunning       another supervisor holds the state dir
     ├── ControlError         talking to the supervisor failed or it refused the request
     │   └── NotRunning       no supervisor answers on the control socket (status exits 4)
     ├── HaproxyConfigError   `haproxy -c` rejected a generated config
-    └── HaproxyRuntimeError  HAProxy's runtime API refused an update (the supervisor reloads instead)
+    ├── HaproxyRuntimeError  HAProxy's runtime API refused an update or could not be reached
+    ├── WarmError            one model could not be warmed (pulled or loaded)
+    ├── DemoError            the demo's engine or model is not installed
+    └── InstallError         an install or uninstall step failed
 
 Anything else escaping is a bug, and the CLI shows it as one.
 """
@@ -28,6 +32,10 @@ class ConfigError(AiServerError):
         where = file if line is None else f"{file}:{line}"
         what = f"{key}: {message}" if key else message
         super().__init__(f"{where}: {what}")
+
+
+class StateDirError(AiServerError):
+    pass
 
 
 class PreflightError(AiServerError):
@@ -51,4 +59,16 @@ class HaproxyConfigError(AiServerError):
 
 
 class HaproxyRuntimeError(AiServerError):
+    pass
+
+
+class WarmError(AiServerError):
+    pass
+
+
+class DemoError(AiServerError):
+    pass
+
+
+class InstallError(AiServerError):
     pass

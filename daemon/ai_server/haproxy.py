@@ -17,6 +17,7 @@ from pathlib import Path
 from ai_server import allowlist as allowlist_mod
 from ai_server.config import Allowlist, Config
 from ai_server.errors import HaproxyConfigError, HaproxyRuntimeError
+from ai_server.files import atomic_write
 
 # Our access-log line: fixed, space-separated fields, the URI last so that nothing in it can
 # shift the others. HAProxy escapes control bytes and spaces in logged URIs as #XX.
@@ -188,12 +189,15 @@ def has_lua(haproxy: str) -> bool:
     return "+LUA" in result.stdout or "USE_LUA=1" in result.stdout
 
 
+def set_hold_file(state_dir: Path, on: bool) -> None:
+    """What a (re)starting HAProxy reads: hold or not."""
+    atomic_write(state_dir / HOLD_MAP, f"hold {'1' if on else '0'}\n")
+
+
 def set_hold(stats_socket: Path, state_dir: Path, on: bool) -> None:
     """Hold (or release) requests: the live map, and the file a reloaded worker will read."""
     value = "1" if on else "0"
-    temporary = state_dir / (HOLD_MAP + ".new")
-    temporary.write_text(f"hold {value}\n", encoding="utf-8")
-    os.replace(temporary, state_dir / HOLD_MAP)
+    set_hold_file(state_dir, on)
     answer = runtime(stats_socket, f"set map {HOLD_MAP} hold {value}").strip()
     if answer:
         raise HaproxyRuntimeError(f"set map {HOLD_MAP}: {answer}")
@@ -234,14 +238,14 @@ def install(haproxy: str, spec: RenderInput, allowlist: Allowlist, target: Path)
             spec.routes_map: allowlist_mod.map_text(allowlist_mod.route_map(allowlist), allowlist, "routes")}
     trial = replace(spec, paths_map=_new(spec.paths_map), routes_map=_new(spec.routes_map))
     for path, text in maps.items():
-        _new(path).write_text(text, encoding="utf-8")
+        atomic_write(_new(path), text)
     if spec.hold:
         state_dir = target.parent
-        (state_dir / HOLD_LUA).write_text(hold_lua(spec.config.proxy.queue_timeout), encoding="utf-8")
+        atomic_write(state_dir / HOLD_LUA, hold_lua(spec.config.proxy.queue_timeout))
         if not (state_dir / HOLD_MAP).exists():
-            (state_dir / HOLD_MAP).write_text("hold 0\n", encoding="utf-8")
+            atomic_write(state_dir / HOLD_MAP, "hold 0\n")
     trial_cfg = target.with_name(target.name + ".trial")
-    trial_cfg.write_text(render(trial), encoding="utf-8")
+    atomic_write(trial_cfg, render(trial))
     try:
         check(haproxy, trial_cfg)
     except BaseException:
@@ -258,21 +262,23 @@ def install(haproxy: str, spec: RenderInput, allowlist: Allowlist, target: Path)
     except FileNotFoundError:
         changed = True
     if changed:
-        temporary = target.with_name(target.name + ".new")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target)
+        atomic_write(target, text)
     return changed
 
 
 def runtime(stats_socket: Path, command: str, timeout: float = 5.0) -> str:
-    """One command (or several, joined by ';') on HAProxy's runtime API; its answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(stats_socket))
-        sock.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
+    """One command (or several, joined by ';') on HAProxy's runtime API; its answer.
+    HaproxyRuntimeError when the socket cannot be reached or goes quiet."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(stats_socket))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as err:
+        raise HaproxyRuntimeError(f"HAProxy's runtime API ({stats_socket.name}): {err.strerror or err}") from None
     return b"".join(chunks).decode("utf-8", "replace")
 
 

@@ -7,11 +7,16 @@ import os
 import shutil
 import socket
 import sys
-from typing import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
 
 import psutil
 
+from ai_server.engines import engine_for
 from ai_server.errors import PreflightError
+
+if TYPE_CHECKING:
+    from ai_server.reload import Desired
 
 HOMEBREW_BINS = ("/opt/homebrew/bin", "/usr/local/bin", "/home/linuxbrew/.linuxbrew/bin")
 
@@ -92,3 +97,29 @@ def check_bindable(address: str, port: int, what: str, setting: str) -> None:
                     f"{what}: port {port} on {address} is already taken by {holder or 'another process'}"
                     f"{_culprit_hint(holder)}; or change {setting}") from None
             raise PreflightError(f"{what}: cannot bind {address}:{port}: {err.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Programs:
+    haproxy: str  # "" when the proxy is disabled
+    engine: str
+
+
+def check(desired: Desired, environ: Mapping[str, str], running: Desired | None = None) -> Programs:
+    """Everything that can refuse `desired` before anything changes: the programs exist, and
+    the addresses it binds are free. At launch (`running` None) every address is checked; on
+    a reload only those the running children do not hold already."""
+    cfg = desired.config
+    kind = engine_for(cfg.engine.kind)
+    proxied = cfg.proxy.enabled
+    haproxy = require_program("haproxy", "HAProxy", haproxy_hint(), environ) if proxied else ""
+    engine = require_program(cfg.engine.command[0], kind.kind, kind.install_hint, environ)
+    bind = desired.engine_bind
+    if bind is not None and (running is None or bind != running.engine_bind):
+        check_bindable(*bind, f"engine ({kind.kind})", "engine.port" if proxied else "proxy.listen / proxy.port")
+    if proxied:
+        held = () if running is None or running.config.proxy.port != cfg.proxy.port else running.addresses
+        for address in desired.addresses:
+            if address not in held:
+                check_bindable(address, cfg.proxy.port, "proxy", "proxy.listen / proxy.port")
+    return Programs(haproxy, engine)

@@ -10,16 +10,31 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from enum import Enum
+from typing import Any, Awaitable, Callable
 
 import psutil
 
 from ai_server import logs
 from ai_server.config import RestartPolicy
 from ai_server.lifecycle import Clock, Lifecycle, OnTransition, Snapshot
-from ai_server.states import State
+from ai_server.states import Mood, State
 
 _MAX_LINE = 16384
+
+
+class Role(Enum):
+    """What a child is for; its start priority orders starts (low first) and stops (high first).
+
+    The engine starts first so the proxy's first health check finds it answering; the proxy
+    stops first so no new request reaches an engine that is about to go."""
+
+    ENGINE = 10
+    PROXY = 20
+
+    @property
+    def priority(self) -> int:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -40,7 +55,7 @@ def describe_exit(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def kill_group(pgid: int, sig: int) -> bool:
+def signal_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; False when nothing is left in it."""
     try:
         os.killpg(pgid, sig)
@@ -49,16 +64,31 @@ def kill_group(pgid: int, sig: int) -> bool:
         return False
 
 
+async def stop_group(pgid: int, sig: int, timeout: float, gone: Callable[[], Awaitable[Any]]) -> bool:
+    """The one way a group is stopped: `sig` to the group, SIGKILL to it if `gone()` has not
+    finished within `timeout`. True when it had to be killed."""
+    signal_group(pgid, sig)
+    try:
+        await asyncio.wait_for(gone(), timeout)
+        return False
+    except asyncio.TimeoutError:
+        signal_group(pgid, signal.SIGKILL)
+        await gone()
+        return True
+
+
 class Child:
     """A child process under supervision."""
 
     def __init__(
         self,
         name: str,
+        role: Role,
         spec: Callable[[], Spec],
         policy: RestartPolicy,
         clock: Clock,
         on_transition: OnTransition,
+        mood: Callable[[], Mood],
         *,
         ready: Callable[[], Awaitable[bool]] | None = None,
         start_timeout: float = 60.0,
@@ -67,8 +97,10 @@ class Child:
         on_change: Callable[[], None] = lambda: None,
     ):
         self.name = name
+        self.role = role
         self.lc = Lifecycle(name, policy, clock, on_transition)
         self._spec = spec
+        self._mood = mood
         self._ready = ready
         self._audit = audit
         self.audit_every = audit_every
@@ -78,6 +110,7 @@ class Child:
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._spawning: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._kill_reason: str | None = None
         self.create_time: float | None = None
@@ -96,17 +129,22 @@ class Child:
     def snapshot(self) -> Snapshot:
         return self.lc.snapshot()
 
-    def record(self) -> dict[str, float | int] | None:
-        """What the next supervisor needs to find this process if we die without stopping it."""
+    def record(self) -> dict[str, Any] | None:
+        """What the next supervisor needs to find this process if we die without stopping it:
+        pid, create time and command line, all three checked before it is ever signalled."""
         if self.pid is None or self.create_time is None:
             return None
-        return {"pid": self.pid, "create_time": self.create_time}
-
-    def set_policy(self, policy: RestartPolicy, start_timeout: float) -> None:
-        self.lc.policy = policy
-        self.start_timeout = start_timeout
+        try:
+            # As the process shows it now: a wrapper script has exec'd into the real program.
+            argv = psutil.Process(self.pid).cmdline()
+        except psutil.Error:
+            return None
+        return {"pid": self.pid, "create_time": self.create_time, "argv": argv}
 
     async def start(self, reason: str, fresh: bool = False) -> None:
+        if self._mood() is Mood.SHUTDOWN:
+            self._log.info("start_refused", process=self.name, reason=f"{reason}: shutting down")
+            return
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name=f"{self.name}-ticker")
         if self.lc.start(reason, fresh):
@@ -114,20 +152,29 @@ class Child:
 
     async def stop(self, reason: str, timeout: float | None = None) -> None:
         """Stop and wait: the stop signal, then SIGKILL to the whole group after the timeout."""
+        if self._spawning is not None:
+            # A start is between fork and record: stop what it starts, not nothing.
+            await asyncio.shield(self._spawning)
         proc, watcher = self._proc, self._watcher
         if not self.lc.stop(reason) or proc is None or watcher is None:
             self._wake.set()
             return
         spec = self._spec()
         timeout = spec.stop_timeout if timeout is None else timeout
-        kill_group(proc.pid, spec.stop_signal)
-        try:
-            await asyncio.wait_for(asyncio.shield(watcher), timeout)
-        except asyncio.TimeoutError:
+        if await stop_group(proc.pid, spec.stop_signal, timeout, lambda: asyncio.shield(watcher)):
             self._log.warning("stop_timeout", process=self.name, pid=proc.pid,
-                              reason=f"still running {timeout:g}s after {signal.Signals(spec.stop_signal).name}; sending SIGKILL")
-            kill_group(proc.pid, signal.SIGKILL)
-            await asyncio.shield(watcher)
+                              reason=f"still running {timeout:g}s after {signal.Signals(spec.stop_signal).name}; killed")
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` to the child itself (HAProxy's master takes SIGUSR2 as "reload")."""
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
 
     async def settled(self, timeout: float) -> State:
         """Wait until the child is past STARTING (RUNNING, BACKOFF, FATAL...), as supervisorctl does."""
@@ -145,7 +192,7 @@ class Child:
         proc, watcher = self._proc, self._watcher
         self.lc.fatal(reason)
         if proc is not None:
-            kill_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
         if watcher is not None:
             await asyncio.shield(watcher)
 
@@ -166,10 +213,20 @@ class Child:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if self._mood() is Mood.SHUTDOWN:
+                return
             if self.lc.retry_due():
                 await self._spawn()
 
     async def _spawn(self) -> None:
+        self._spawning = asyncio.get_running_loop().create_future()
+        try:
+            await self._spawn_now()
+        finally:
+            self._spawning.set_result(None)
+            self._spawning = None
+
+    async def _spawn_now(self) -> None:
         spec = self._spec()
         self.last_output.clear()
         try:
@@ -200,7 +257,7 @@ class Child:
         returncode = await proc.wait()
         ready.cancel()
         # Whatever the leader left behind in its group (HAProxy workers, Ollama runners) goes too.
-        kill_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         await asyncio.wait(pumps, timeout=2.0)
         for pump in pumps:
             pump.cancel()
@@ -209,14 +266,11 @@ class Child:
         how = describe_exit(returncode)
         if self.last_output and self.lc.state == State.STARTING:
             how += f"; last output: {self.last_output[-1][:300]}"
-        if self._kill_reason is not None:
-            reason, self._kill_reason = self._kill_reason, None
-            if self.lc.state == State.STARTING:
-                self.lc.start_failed(reason)
-            else:
-                self.lc.exited(how)
+        if self._kill_reason is not None and self.lc.state == State.STARTING:
+            self.lc.start_failed(self._kill_reason)
         else:
             self.lc.exited(how)
+        self._kill_reason = None
         self._changed()
 
     async def _audited(self, proc: asyncio.subprocess.Process) -> bool:
@@ -246,7 +300,7 @@ class Child:
                 break
             if self.lc.clock() >= deadline:
                 self._kill_reason = f"no answer to its health check within {self.start_timeout:g}s; killed"
-                kill_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 return
             await asyncio.sleep(0.1)
         while self._audit is not None and self.lc.state == State.RUNNING and proc.returncode is None:

@@ -1,12 +1,13 @@
 """What the supervisor leaves in the state dir so that nothing it started outlives it.
 
 A lock (flock: released by the kernel even on SIGKILL) says whether a supervisor is alive;
-children.json names each child by pid *and* create time, so a recycled pid is never mistaken
-for one of ours.
+children.json names each child by pid, create time *and* command line, so neither a recycled
+pid nor a forged record can make the next supervisor signal somebody else's process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -17,19 +18,21 @@ from typing import IO, Any
 import psutil
 
 from ai_server.errors import AlreadyRunning
+from ai_server.files import atomic_write
+from ai_server.process import stop_group
 
 _SAME_PROCESS = 0.05  # seconds of create-time slack; psutil rounds differently per platform
 
 
 def acquire_lock(path: Path) -> IO[str]:
     """Hold the state dir's lock for the life of the process, or refuse clearly."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = path.open("a+", encoding="utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    handle = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        holder = handle.read().strip()[:20] or "unknown"
         handle.close()
         raise AlreadyRunning(f"ai-server is already running (pid {holder}); see `ai-server status`, "
                              "or stop it before starting another") from None
@@ -42,9 +45,7 @@ def acquire_lock(path: Path) -> IO[str]:
 
 def write(path: Path, children: dict[str, dict[str, Any] | None]) -> None:
     data = {"supervisor": os.getpid(), "children": {k: v for k, v in children.items() if v}}
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write(path, json.dumps(data))
 
 
 def read(path: Path) -> dict[str, dict[str, Any]]:
@@ -56,17 +57,22 @@ def read(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def ours(record: dict[str, Any]) -> psutil.Process | None:
-    """The process a record names, if it is still that very process."""
+    """The process a record names, if it is still that very process: same pid, same create
+    time, same command line, and the same user as us."""
     try:
         proc = psutil.Process(int(record["pid"]))
-        if abs(proc.create_time() - float(record["create_time"])) <= _SAME_PROCESS:
-            return proc
+        if abs(proc.create_time() - float(record["create_time"])) > _SAME_PROCESS:
+            return None
+        if proc.cmdline() != [str(a) for a in record["argv"]]:
+            return None
+        if proc.uids().real != os.getuid():
+            return None
+        return proc
     except (psutil.Error, KeyError, TypeError, ValueError):
-        pass
-    return None
+        return None
 
 
-def stop_leftovers(path: Path, grace: float = 5.0) -> list[str]:
+async def stop_leftovers(path: Path, grace: float = 5.0) -> list[str]:
     """Stop every child a dead supervisor left behind, with its whole group. Returns what it stopped."""
     stopped = []
     for name, record in read(path).items():
@@ -77,20 +83,31 @@ def stop_leftovers(path: Path, grace: float = 5.0) -> list[str]:
             family = [leader, *leader.children(recursive=True)]
         except psutil.Error:
             family = [leader]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+
+        async def gone(family: list[psutil.Process] = family) -> None:
+            while any(_alive(p) for p in family):
+                await asyncio.sleep(0.05)
+
+        # Group members that left the group (a daemonising runner) get the signal one by one.
+        for proc in family[1:]:
             try:
-                os.killpg(leader.pid, sig)
-            except (ProcessLookupError, PermissionError):
+                proc.send_signal(signal.SIGTERM)
+            except psutil.Error:
                 pass
-            for proc in family:
+        await stop_group(leader.pid, signal.SIGTERM, grace, gone)
+        for proc in family:
+            if _alive(proc):
                 try:
-                    proc.send_signal(sig)
+                    proc.kill()
                 except psutil.Error:
                     pass
-            _, alive = psutil.wait_procs(family, timeout=grace if sig == signal.SIGTERM else 2.0)
-            family = alive
-            if not family:
-                break
         stopped.append(f"{name} (pid {leader.pid})")
     path.unlink(missing_ok=True)
     return stopped
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

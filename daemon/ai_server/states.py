@@ -44,6 +44,16 @@ ALLOWED: dict[State, frozenset[State]] = {
 ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 
+class Mood(str, Enum):
+    """The daemon's own state, as supervisord's "mood": once SHUTDOWN, nothing starts again.
+
+    Every path that spawns a child (a start, a retry, an engine restart, a reload, a warm-up)
+    asks first, so a signal that arrives in the middle of any of them cannot be undone by it."""
+
+    RUNNING = "RUNNING"
+    SHUTDOWN = "SHUTDOWN"
+
+
 class TransitionError(RuntimeError):
     """A move the table above does not allow: a bug in the caller, never user input."""
 

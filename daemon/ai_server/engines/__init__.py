@@ -10,13 +10,8 @@ from typing import Any, Callable, Mapping, Protocol
 import httpx
 
 from ai_server.config import EngineConfig, WarmConfig
-from ai_server.errors import AiServerError
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-class WarmError(AiServerError):
-    """One model could not be warmed; the message says why."""
 
 
 class Engine(Protocol):
@@ -45,8 +40,3 @@ def engine_for(kind: str) -> Engine:
 
     engines: dict[str, Engine] = {"ollama": ollama.Ollama(), "llama-server": llama_server.LlamaServer()}
     return engines[kind]
-
-
-def host_port(bind: tuple[str, int]) -> str:
-    host, port = bind
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -7,7 +7,8 @@ from typing import Mapping
 import httpx
 
 from ai_server.config import EngineConfig, WarmConfig
-from ai_server.engines import Progress, WarmError
+from ai_server.engines import Progress
+from ai_server.errors import WarmError
 
 
 class LlamaServer:

@@ -8,7 +8,9 @@ from typing import Mapping
 import httpx
 
 from ai_server.config import EngineConfig, WarmConfig
-from ai_server.engines import Progress, WarmError, host_port
+from ai_server.engines import Progress
+from ai_server.errors import WarmError
+from ai_server.netaddr import host_port
 
 
 def _full_name(model: str) -> str:
@@ -35,7 +37,7 @@ class Ollama:
         env = dict(base)
         env.update(dict(config.env))
         # Last, so neither the user's shell nor engine.env can widen it.
-        env["OLLAMA_HOST"] = host_port(bind)
+        env["OLLAMA_HOST"] = host_port(*bind)
         return env
 
     async def models(self, client: httpx.AsyncClient) -> list[str]:

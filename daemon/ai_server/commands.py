@@ -1,0 +1,120 @@
+"""What the control socket answers: status, start/stop/restart, reload, warm.
+
+Each command is a small async generator of answers (progress lines, then one with "ok").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+
+from ai_server.errors import AiServerError
+from ai_server.netaddr import host_port
+from ai_server.process import Child, Role
+from ai_server.states import State
+
+if TYPE_CHECKING:
+    from ai_server.supervisor import Supervisor
+
+Answers = AsyncIterator[dict[str, Any]]
+
+
+class Commands:
+    def __init__(self, supervisor: Supervisor):
+        self.sup = supervisor
+        self._table: dict[str, Callable[[dict[str, Any]], Answers]] = {
+            "status": self.status, "start": self.start, "stop": self.stop, "restart": self.restart,
+            "reload": self.reload, "warm": self.warm,
+        }
+
+    async def handle(self, command: str, args: dict[str, Any]) -> Answers:
+        handler = self._table.get(command)
+        if handler is None:
+            yield {"ok": False, "error": f"unknown command {command!r}"}
+            return
+        try:
+            async for answer in handler(args):
+                yield answer
+        except AiServerError as err:
+            yield {"ok": False, "error": str(err)}
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        sup = self.sup
+        desired = sup.desired
+        cfg = desired.config
+        waiting = None if desired.addresses else "waiting for a tailnet address (is Tailscale up?)"
+        children = []
+        for child in sup.children:
+            snap = child.snapshot()
+            description = snap.description
+            if child.role is Role.PROXY and waiting and snap.state == State.STOPPED:
+                description = waiting
+            children.append({"name": snap.name, "state": snap.state.value, "pid": snap.pid,
+                             "uptime_s": None if snap.uptime_s is None else round(snap.uptime_s, 1),
+                             "restarts": snap.restarts, "failures": snap.failures,
+                             "description": description})
+        bind = sup.engine.bind
+        return {
+            "children": children,
+            "proxy": {
+                "listen": [host_port(a, cfg.proxy.port) for a in desired.addresses],
+                "waiting": waiting,
+                "enabled": cfg.proxy.enabled,
+                "engine_listen": None if bind is None else host_port(*bind),
+                "rules": len(desired.allowlist.rules),
+                "loaded_at": sup.loaded_at,
+                "config_error": sup.config_error,
+            },
+            "warm": sup.engine.warmer.status(),
+            "supervisor": {"pid": os.getpid(), "mood": sup.mood.value},
+        }
+
+    async def status(self, args: dict[str, Any]) -> Answers:
+        yield {"ok": True, **self.snapshot()}
+
+    # -- children --------------------------------------------------------------------------------
+
+    def _targets(self, name: str) -> list[Child]:
+        children = self.sup.children  # in start order
+        if name == "all":
+            return children
+        found = [c for c in children if c.name == name]
+        if not found:
+            known = ", ".join(c.name for c in children)
+            raise AiServerError(f"no child named {name!r} (children: {known}, or all)")
+        return found
+
+    async def start(self, args: dict[str, Any]) -> Answers:
+        for child in self._targets(str(args.get("name", ""))):
+            await self.sup.start_child(child, "requested by start")
+        yield {"ok": True, **self.snapshot()}
+
+    async def stop(self, args: dict[str, Any]) -> Answers:
+        for child in reversed(self._targets(str(args.get("name", "")))):
+            await child.stop("requested by stop")
+        yield {"ok": True, **self.snapshot()}
+
+    async def restart(self, args: dict[str, Any]) -> Answers:
+        targets = self._targets(str(args.get("name", "")))
+        engine = self.sup.engine
+        if targets == [engine.child]:
+            # Alone, the engine is drained first: no generation in flight is cut.
+            await engine.restart("requested by restart", fresh=True)
+            await engine.settled()
+            yield {"ok": True, **self.snapshot()}
+            return
+        for child in reversed(targets):
+            await child.stop("requested by restart")
+        for child in targets:
+            await self.sup.start_child(child, "requested by restart")
+        yield {"ok": True, **self.snapshot()}
+
+    async def reload(self, args: dict[str, Any]) -> Answers:
+        yield await self.sup.reload("requested by reload")
+
+    async def warm(self, args: dict[str, Any]) -> Answers:
+        models = [str(m) for m in args.get("models") or []]
+        async for message in self.sup.engine.warm(models, bool(args.get("pull", True))):
+            yield message

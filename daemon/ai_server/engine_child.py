@@ -1,0 +1,169 @@
+"""The engine under supervision: pinned to loopback (forced, then audited), drained before a
+restart so no generation is cut, warmed after every start.
+
+Restarts run one at a time in their own task. A reload asks for one and goes on: an
+allowlist saved while the engine drains is enforced at once, not after the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any, AsyncIterator, Callable, Mapping
+
+import httpx
+
+from ai_server import audit, logs
+from ai_server.drain import Hold
+from ai_server.engines import Engine, engine_for
+from ai_server.lifecycle import Clock, OnTransition
+from ai_server.netaddr import host_port
+from ai_server.process import Child, Role, Spec
+from ai_server.reload import Desired
+from ai_server.states import Mood, State
+from ai_server.warm import Warmer
+
+
+class EngineChild:
+    def __init__(self, desired: Callable[[], Desired], environ: Mapping[str, str], clock: Clock,
+                 on_transition: OnTransition, mood: Callable[[], Mood], hold: Hold,
+                 on_change: Callable[[], None]):
+        self._desired, self._environ, self._clock = desired, environ, clock
+        self._on_transition, self._mood, self.hold, self._on_change = on_transition, mood, hold, on_change
+        self.program = ""  # command[0], resolved by preflight
+        self.kind: Engine = engine_for(desired().config.engine.kind)
+        self.child = self._make_child()
+        self.warmer = Warmer()
+        self._lock = asyncio.Lock()
+        self._restarting = False
+        self._wanted: tuple[str, bool] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.log = logs.get()
+
+    # -- how it runs -------------------------------------------------------------------------------
+
+    @property
+    def bind(self) -> tuple[str, int] | None:
+        return self._desired().engine_bind
+
+    @property
+    def address(self) -> tuple[str, int]:
+        # Before a tailnet address exists (proxy-less mode) the engine is not started; loopback
+        # is only a placeholder for the spec and URL.
+        return self.bind or ("127.0.0.1", self._desired().config.engine.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{host_port(*self.address)}"
+
+    def spec(self) -> Spec:
+        cfg = self._desired().config
+        return Spec(argv=tuple(self.kind.argv(cfg.engine, self.program, self.address)),
+                    env=self.kind.env(cfg.engine, self._environ, self.address),
+                    stop_signal=signal.SIGTERM, stop_timeout=cfg.restart.stop_timeout)
+
+    def _make_child(self) -> Child:
+        cfg = self._desired().config
+        return Child(self.kind.kind, Role.ENGINE, self.spec, cfg.restart, self._clock, self._transition, self._mood,
+                     ready=self.answers, start_timeout=cfg.engine.start_timeout, audit=self.audit,
+                     on_change=self._on_change)
+
+    async def answers(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                response = await client.get(f"{self.url}{self.kind.health_path}")
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def audit(self, pid: int) -> str | None:
+        bind = self.bind
+        also = frozenset() if self._desired().config.proxy.enabled or bind is None else frozenset({bind[0]})
+        return audit.check(pid, also)
+
+    def _transition(self, name: str, old: State, new: State, reason: str) -> None:
+        self._on_transition(name, old, new, reason)
+        # While the engine is coming back, requests wait in the proxy rather than fail.
+        if new in (State.EXITED, State.BACKOFF):
+            self.hold.want(True)
+        elif new in (State.RUNNING, State.FATAL) or (new == State.STOPPED and not self._restarting):
+            self.hold.want(False)
+        if new == State.RUNNING and self._mood() is Mood.RUNNING:
+            self.warmer.after_start(self.kind, self._desired().config.warm, self.url)
+
+    # -- control -------------------------------------------------------------------------------------
+
+    async def start(self, reason: str, fresh: bool = False) -> None:
+        if self.bind is None:
+            return
+        await self.child.start(reason, fresh)
+
+    async def stop(self, reason: str) -> None:
+        await self.child.stop(reason)
+
+    def set_policy(self) -> None:
+        cfg = self._desired().config
+        self.child.lc.policy = cfg.restart
+        self.child.start_timeout = cfg.engine.start_timeout
+
+    async def restart(self, reason: str, fresh: bool = False) -> None:
+        """Drain, stop, start again (as the kind the config now names); one at a time.
+        Requests that arrive meanwhile wait in the proxy."""
+        async with self._lock:
+            if self._mood() is Mood.SHUTDOWN:
+                return
+            self._restarting = True
+            try:
+                await self.hold.drain(self.child.name, self._desired().config.engine.drain_timeout)
+                if self._mood() is Mood.SHUTDOWN:
+                    return
+                await self.child.stop(reason)
+                kind = self._desired().config.engine.kind
+                if kind != self.kind.kind:
+                    await self.child.close()
+                    self.kind = engine_for(kind)
+                    self.child = self._make_child()
+                    self._on_change()
+                self.set_policy()
+                if self.bind is None:
+                    self.log.info("engine_waiting", process=self.child.name, reason="no address to listen on")
+                else:
+                    await self.child.start(reason, fresh)
+            finally:
+                self._restarting = False
+            if self.child.state not in (State.STARTING, State.RUNNING, State.BACKOFF):
+                self.hold.want(False)
+
+    def request_restart(self, reason: str) -> None:
+        """A restart in the background: a reload does not wait for a drain. Requests that
+        arrive while one runs are merged into one more run, with the config of that moment."""
+        self._wanted = (reason, False)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._restarts(), name="engine-restart")
+
+    async def _restarts(self) -> None:
+        while self._wanted is not None and self._mood() is Mood.RUNNING:
+            reason, fresh = self._wanted
+            self._wanted = None
+            try:
+                await self.restart(reason, fresh)
+            except Exception:  # a bug here must not end restarts for good
+                self.log.exception("restart_failed", process=self.child.name, reason=reason)
+
+    async def settled(self) -> State:
+        return await self.child.settled(self.child.lc.policy.startsecs + self.child.start_timeout)
+
+    async def warm(self, models: list[str], pull: bool) -> AsyncIterator[dict[str, Any]]:
+        if self.child.state != State.RUNNING:
+            yield {"ok": False, "error": f"{self.child.name} is {self.child.state.value}, not RUNNING: nothing to warm"}
+            return
+        async for message in self.warmer.on_demand(self.kind, self._desired().config.warm, self.url, models, pull):
+            yield message
+
+    async def quiesce(self) -> None:
+        """At shutdown, before the children stop: no restart and no warm-up goes on."""
+        self._wanted = None
+        self.warmer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,100 @@
+"""HAProxy under supervision: its config written and checked, rules swapped in live, reloads
+in place, and started or stopped as tailnet addresses come and go."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Callable, Mapping
+
+from ai_server import haproxy, logs
+from ai_server.drain import Hold
+from ai_server.engines import engine_for
+from ai_server.errors import HaproxyRuntimeError
+from ai_server.lifecycle import Clock, OnTransition
+from ai_server.paths import Paths
+from ai_server.process import Child, Role, Spec
+from ai_server.reload import Desired, Plan
+from ai_server.states import ALIVE, Mood, State
+
+# HAProxy itself starts in well under a second; this only bounds a hung start.
+START_TIMEOUT = 30.0
+
+
+class ProxyChild:
+    def __init__(self, paths: Paths, desired: Callable[[], Desired], environ: Mapping[str, str], clock: Clock,
+                 on_transition: OnTransition, mood: Callable[[], Mood], on_change: Callable[[], None]):
+        self.paths, self._desired, self._environ = paths, desired, environ
+        self.program = ""  # haproxy, resolved by preflight
+        self.log = logs.get()
+        self.hold = Hold(paths.haproxy_stats_socket, paths.state_dir, clock, self.log, self.running)
+        self.child = Child("haproxy", Role.PROXY, self.spec, desired().config.restart, clock, on_transition, mood,
+                           ready=self.listens, start_timeout=START_TIMEOUT, on_change=on_change)
+
+    def running(self) -> bool:
+        return self.child.state == State.RUNNING
+
+    def spec(self) -> Spec:
+        # -W master-worker, -db foreground: the master keeps its pid across reloads (SIGUSR2)
+        # and SIGUSR1 makes it stop gracefully, letting workers finish their responses.
+        return Spec(argv=(self.program, "-W", "-db", "-f", str(self.paths.haproxy_cfg)),
+                    env=dict(self._environ), stop_signal=signal.SIGUSR1,
+                    stop_timeout=self._desired().config.proxy.drain_timeout + 1.0)
+
+    async def listens(self) -> bool:
+        desired = self._desired()
+        for address in desired.addresses:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, desired.config.proxy.port), 1.0)
+                writer.close()
+            except (OSError, asyncio.TimeoutError):
+                return False
+        return True
+
+    def render_input(self, desired: Desired) -> haproxy.RenderInput:
+        p = self.paths
+        return haproxy.RenderInput(
+            config=desired.config, addresses=desired.addresses, log_socket=p.haproxy_log_socket,
+            stats_socket=p.haproxy_stats_socket, paths_map=p.paths_map, routes_map=p.routes_map,
+            engine_health_path=engine_for(desired.config.engine.kind).health_path, hold=self.hold.available)
+
+    def install(self, desired: Desired) -> bool:
+        """Write haproxy.cfg and the maps for `desired`, checked by `haproxy -c` first. Blocking.
+        True when haproxy.cfg itself changed."""
+        return haproxy.install(self.program, self.render_input(desired), desired.allowlist, self.paths.haproxy_cfg)
+
+    def set_policy(self) -> None:
+        self.child.lc.policy = self._desired().config.restart
+
+    async def start(self, reason: str) -> None:
+        if not self._desired().addresses:
+            return
+        await self.child.start(reason)
+
+    async def apply(self, plan: Plan, cfg_changed: bool) -> None:
+        """Make the running proxy serve what install() wrote."""
+        if not self._desired().config.proxy.enabled:
+            return
+        if not self._desired().addresses:
+            await self.child.stop("no address to listen on")
+        elif self.child.state not in ALIVE:
+            await self.child.start("config changed")
+        elif cfg_changed:
+            # Master-worker reload: the master re-reads the file, new workers take over the
+            # listening sockets, old workers finish what they are serving and exit.
+            self.child.signal(signal.SIGUSR2)
+            self.log.info("proxy_reload", process="haproxy", pid=self.child.pid,
+                          reason="addresses changed" if plan.addresses else "config changed")
+        elif plan.rules:
+            await self.swap_rules()
+
+    async def swap_rules(self) -> None:
+        """New allowlist into the running proxy without a reload; a reload if that fails."""
+        desired = self._desired()
+        try:
+            await asyncio.to_thread(haproxy.swap_maps, self.paths.haproxy_stats_socket,
+                                    self.render_input(desired), desired.allowlist)
+            self.log.info("allowlist_swapped", process="haproxy", rules=len(desired.allowlist.rules))
+        except HaproxyRuntimeError as err:
+            self.log.warning("allowlist_swap_failed", process="haproxy", error=str(err), reason="reloading instead")
+            self.child.signal(signal.SIGUSR2)

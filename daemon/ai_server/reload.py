@@ -1,0 +1,95 @@
+"""Reload as supervisord's diff_to_active(): a pure plan of what changed, then the actions it implies.
+
+`read` gathers what should run (files, tailnet addresses); `plan(old, new)` says which
+children and which parts of the proxy that touches; the supervisor applies the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ai_server import config as config_mod
+from ai_server import tailnet
+from ai_server.config import Allowlist, Config
+from ai_server.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything the daemon should be running, as read from the files and the machine."""
+    config: Config = field(default_factory=Config)
+    allowlist: Allowlist = field(default_factory=Allowlist)
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def engine_bind(self) -> tuple[str, int] | None:
+        """Where the engine listens: loopback behind the proxy; without the proxy (declined at
+        install), the first tailnet address itself, never every interface. None: no address yet."""
+        cfg = self.config
+        if cfg.proxy.enabled:
+            return ("127.0.0.1", cfg.engine.port)
+        if not self.addresses:
+            return None
+        ipv4 = [a for a in self.addresses if ":" not in a]
+        return ((ipv4 or list(self.addresses))[0], cfg.proxy.port)
+
+
+@dataclass(frozen=True)
+class Plan:
+    log: bool = False            # reconfigure log rotation
+    policy: bool = False         # new restart policy or timeouts for the children
+    rules: bool = False          # new allowlist: swapped into the running proxy, no reload
+    proxy: bool = False          # haproxy.cfg inputs changed: rewrite, then reload in place
+    addresses: bool = False      # where the proxy listens changed (it may start or stop)
+    engine: str | None = None    # why the engine restarts; None: it keeps running
+
+    def changed(self) -> list[str]:
+        names = [("log", self.log), ("engine", self.engine is not None), ("proxy", self.proxy),
+                 ("allowlist", self.rules)]
+        return [name for name, on in names if on]
+
+
+def read(config_dir: Path) -> Desired:
+    """Both files and the tailnet addresses. Blocking (files, the tailscale CLI): call it off
+    the event loop. ConfigError on a bad file."""
+    cfg = config_mod.load(config_dir)
+    allowlist = config_mod.load_allowlist(config_dir)
+    return Desired(cfg, allowlist, resolve_addresses(cfg))
+
+
+def resolve_addresses(cfg: Config) -> tuple[str, ...]:
+    needs_tailnet = "tailscale" in cfg.proxy.listen
+    return tailnet.resolve_listen(cfg.proxy.listen, tailnet.detect() if needs_tailnet else [])
+
+
+def _how_it_runs(cfg: Config) -> tuple[object, ...]:
+    # Timeouts apply to the running engine as they are; only these need a new process.
+    e = cfg.engine
+    return (e.kind, e.command, e.port, e.env)
+
+
+def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Plan:
+    """What applying `new` over `old` takes. ConfigError for a change that needs a restart of
+    ai-server itself."""
+    o, n = old.config, new.config
+    if n.proxy.enabled != o.proxy.enabled:
+        raise ConfigError(config_file, "changing proxy.enabled needs a restart of ai-server "
+                          "(`ai-server install` again, or restart the service)", key="proxy.enabled")
+    addresses = new.addresses != old.addresses
+    if n.proxy.enabled:
+        rules = new.allowlist != old.allowlist
+        proxy = (n.proxy != o.proxy or addresses or n.engine.port != o.engine.port
+                 or n.engine.kind != o.engine.kind)
+        engine_moves = False
+    else:
+        # Without the proxy, the engine itself listens where proxy.listen and proxy.port say.
+        rules = proxy = False
+        engine_moves = addresses or n.proxy.port != o.proxy.port
+    engine = None
+    if _how_it_runs(n) != _how_it_runs(o):
+        engine = "engine config changed"
+    elif engine_moves:
+        engine = "listen address changed"
+    return Plan(log=n.log != o.log, policy=n.restart != o.restart or n.engine.start_timeout != o.engine.start_timeout,
+                rules=rules, proxy=proxy, addresses=addresses, engine=engine)
