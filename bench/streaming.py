@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,10 +19,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
-import devstack  # noqa: E402
-from conftest import PROXY_HOST, dispose, new_stack, wait_for  # noqa: E402
+from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -49,10 +48,9 @@ def stream_once(base: str, model: str, tokens: int) -> tuple[float, list[float],
 
 def run_stack(warm: bool):
     stack = new_stack()
-    extra = "" if warm else ""
-    text = devstack.config_text(PROXY_HOST, stack.proxy_port, stack.engine_port, extra)
+    text = llama_config(stack)
     if not warm:
-        text = text.replace(f'models = ["{devstack.model_name()}"]', "models = []")
+        text = re.sub(r"(?m)^models = \[.*\]$", "models = []", text)
     stack.write_config(text)
     stack.start()
     return stack
@@ -63,7 +61,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
-    model = devstack.model_name()
+    model = llama_model()
 
     # Cold: nothing warmed; the first request pays for loading the model.
     stack = run_stack(warm=False)

@@ -195,10 +195,11 @@ def cmd_version(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_check(paths: Paths, args: argparse.Namespace) -> int:
     from ai_server import check
+    from ai_server.install.system import System
 
-    checker = check.Checker(paths, model=args.model, skip_model=args.skip_model_tests,
-                            skip_anthropic=args.skip_anthropic_tests)
-    results = checker.run()
+    ctx = check.Context(paths, System(), model=args.model, skip_model=args.skip_model_tests,
+                        skip_anthropic=args.skip_anthropic_tests)
+    results = check.run(ctx)
     print(check.as_json(results) if args.json else check.render_table(results))
     return EXIT_FAIL if any(r.outcome == "FAIL" for r in results) else EXIT_OK
 
@@ -229,6 +230,23 @@ def cmd_uninstall(paths: Paths, args: argparse.Namespace) -> int:
     installer = _installer(args)
     installer.perform(installer.uninstall())
     return EXIT_OK
+
+
+def cmd_demo(paths: Paths, args: argparse.Namespace) -> int:
+    import os
+
+    from ai_server import demo
+
+    if args.config_dir:
+        raise AiServerError("demo keeps its own config; leave out --config-dir")
+    where = demo.dirs()
+    binary, model = demo.prepare(where)
+    os.environ.update(demo.environment(where, binary, os.environ))
+    rest = list(args.args) or ["run"]
+    if rest[0] == "run":
+        print(f"ai-server demo: HAProxy + llama-server + {model.stem}; config in {where.config} "
+              f"(edits are kept), state in {where.state}", file=sys.stderr)
+    return main(["--config-dir", str(where.config), *rest])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     sub.add_parser("version", help="versions of ai-server, haproxy and the engine").set_defaults(func=cmd_version)
+    p = sub.add_parser("demo", help="the whole stack on llama-server + SmolLM2 (the demo extra); ARGS: an ai-server command")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -103,6 +103,13 @@ class Config:
 # Reading files
 
 
+def toml_string(value: str) -> str:
+    """`value` as a TOML string that reads back as exactly `value`, whatever bytes it holds."""
+    import tomlkit
+
+    return tomlkit.string(value).as_string()
+
+
 def default_text(name: str) -> str:
     """The shipped, commented default of `name` (config/ in the repo, inside the wheel)."""
     return resources.files("ai_server").joinpath("defaults", name).read_text(encoding="utf-8")

@@ -45,33 +45,40 @@ def haproxy_hint() -> str:
     return "install it with `sudo apt-get install haproxy` (Debian/Ubuntu) or `sudo dnf install haproxy` (Fedora)"
 
 
-def port_holder(port: int) -> str | None:
-    """Who listens on `port`, as 'name (pid N: exe)', if we are allowed to see it."""
-    def describe(pid: int | None) -> str:
-        if not pid:
-            return "another process"
-        try:
-            proc = psutil.Process(pid)
-            command = " ".join(proc.cmdline()[:3]) or proc.exe()
-            return f"{proc.name()} (pid {pid}: {command})"
-        except psutil.Error:
-            return f"pid {pid}"
+def listener_pid(address: str | None, port: int) -> int | None:
+    """The pid listening on `port` (at `address`, or on a wildcard covering it), if visible."""
+    def matches(conn: psutil._common.sconn) -> bool:  # type: ignore[name-defined]
+        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
+            return False
+        return address is None or conn.laddr.ip in (address, "0.0.0.0", "::")
 
     try:
         for conn in psutil.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                return describe(conn.pid)
+            if matches(conn):
+                return conn.pid
     except psutil.AccessDenied:
         pass
     # macOS lets only root list every socket; our own user's processes are still visible.
     for proc in psutil.process_iter(["pid"]):
         try:
-            for conn in proc.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                    return describe(proc.pid)
+            if any(matches(c) for c in proc.net_connections(kind="inet")):
+                return proc.pid
         except psutil.Error:
             continue
     return None
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on `port`, as 'name (pid N: exe)', if we are allowed to see it."""
+    pid = listener_pid(None, port)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        command = " ".join(proc.cmdline()[:3]) or proc.exe()
+        return f"{proc.name()} (pid {pid}: {command})"
+    except psutil.Error:
+        return f"pid {pid}"
 
 
 def _culprit_hint(holder: str | None) -> str:

@@ -73,12 +73,16 @@ class ProxyChild:
 
     async def apply(self, plan: Plan, cfg_changed: bool) -> None:
         """Make the running proxy serve what install() wrote."""
-        if not self._desired().config.proxy.enabled:
+        if not self._desired().config.proxy.enabled or not (plan.proxy or plan.rules):
             return
+        state = self.child.state
         if not self._desired().addresses:
             await self.child.stop("no address to listen on")
-        elif self.child.state not in ALIVE:
-            await self.child.start("config changed")
+        elif state not in ALIVE:
+            # An address appeared, or a new config may mend a proxy that kept failing; one
+            # stopped on request stays stopped.
+            if plan.addresses or state in (State.FATAL, State.BACKOFF, State.EXITED):
+                await self.child.start("config changed")
         elif cfg_changed:
             # Master-worker reload: the master re-reads the file, new workers take over the
             # listening sockets, old workers finish what they are serving and exit.

@@ -9,7 +9,7 @@ import time
 import httpx
 import psutil
 
-from conftest import Stack, wait_for
+from harness import Stack, wait_for
 
 
 def listening_on(port: int) -> list[str]:
@@ -162,3 +162,33 @@ def test_a_hold_left_by_a_killed_supervisor_is_released_at_launch(stack: Stack) 
     started = time.monotonic()
     assert httpx.get(stack.url("/api/tags"), timeout=30).status_code == 200
     assert time.monotonic() - started < 5  # not held (a held request would wait 120 s)
+
+
+def test_check_passes_when_proxy_and_engine_share_a_port(make_stack) -> None:
+    """The shipped layout: proxy and engine both on 11434, on different addresses. The
+    isolation check used to connect to the proxy and report the engine reachable."""
+    stack = make_stack()
+    stack.engine_port = stack.proxy_port
+    stack.write_config(stack.default_config())
+    stack.start()
+    code, outcomes = check_outcomes(stack)
+    assert outcomes["engine unreachable from the tailnet address"] == "PASS"
+    assert outcomes["engine unreachable on every other address"] == "PASS"
+    assert code == 0
+
+
+def test_check_fails_under_python_O_too(make_stack) -> None:
+    """Verdicts used to be asserts: `python -O` turned every failure into a pass."""
+    stack = make_stack()
+    from ai_server import config
+    (stack.config_dir / "allowlist.toml").write_text(
+        config.default_text("allowlist.toml") + '\n[[allow]]\npath = "/api/pull"\nmethods = ["POST"]\n')
+    stack.start()
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-O", "-m", "ai_server", "--config-dir", str(stack.config_dir),
+                             "check", "--json", "--skip-model-tests"], env=stack.env, capture_output=True,
+                            text=True, timeout=120)
+    outcomes = {c["name"]: c["outcome"] for c in json.loads(result.stdout)["checks"]}
+    assert result.returncode == 1
+    assert outcomes["POST /api/pull refused with 403"] == "FAIL"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ai_server import allowlist, config
-from conftest import PROXY_HOST, Stack, dispose, new_stack
+from harness import PROXY_HOST, Stack, dispose, new_stack
 
 ALLOW = config.parse_allowlist(config.default_text("allowlist.toml"))
 

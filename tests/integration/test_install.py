@@ -17,7 +17,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from conftest import PROXY_HOST, ROOT, free_port, wait_for
+from harness import PROXY_HOST, ROOT, free_port, wait_for
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.py"
 PROGRAMS = ("launchctl", "brew", "tailscale", "systemctl", "sw_vers", "uname", "osascript", "pgrep", "loginctl")
@@ -261,3 +261,27 @@ def test_linux_missing_programs_get_apt_hints(linux: Machine) -> None:
     (linux.root / "bin" / "haproxy").unlink()
     result = linux.cli("install", "--yes")
     assert result.returncode == 1 and "install haproxy" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_shows_the_whole_plan_when_prerequisites_are_missing(linux: Machine) -> None:
+    """--dry-run used to stop at the first missing piece; now it marks them and goes on."""
+    (linux.root / "bin" / "haproxy").unlink()
+    (linux.root / "bin" / "systemctl").unlink()  # no systemd user instance answers
+    dry = linux.cli("install", "--dry-run", "--yes")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert any(l.startswith("MISSING: no systemd user instance here") for l in lines)
+    assert any(l.startswith("MISSING: install these first") and "install haproxy" in l for l in lines)
+    assert "would write " + str(linux.home / ".config/systemd/user/ai-server.service") in lines
+    assert "would run systemctl --user restart ai-server.service" in lines
+    assert linux.changes() == [] and not linux.config_dir.exists()
+    real = linux.cli("install", "--yes")
+    assert real.returncode == 1 and "no systemd user instance here" in real.stderr and "Traceback" not in real.stderr
+
+
+def test_macos_dry_run_without_homebrew_shows_the_plan(mac: Machine) -> None:
+    mac.env["STANDIN_MACOS"] = "13.6"
+    dry = mac.cli("install", "--dry-run", "--yes")
+    assert dry.returncode == 0, dry.stderr
+    assert "MISSING: macOS 14 or newer is needed; this is 13.6" in dry.stdout
+    assert "would write " + str(mac.home / "Library/LaunchAgents/com.ai-server.plist") in dry.stdout

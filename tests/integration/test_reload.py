@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ai_server import config
-from conftest import Stack, wait_for
+from harness import Stack, wait_for
 
 DEFAULT_ALLOW = config.default_text("allowlist.toml")
 PS_RULE = '\n[[allow]]\npath = "/api/ps"\nmethods = ["GET"]\n'
@@ -193,3 +193,44 @@ def test_proxy_reload_finishes_streams_in_flight(make_stack) -> None:
     for thread in threads:
         thread.join(30)
     assert results == ["ok"] * 4
+
+
+def test_allowlist_applies_at_once_while_the_engine_drains(make_stack) -> None:
+    """The reload lock was held through an engine drain: a save waited behind a stream."""
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.1", "FAKE_OLLAMA_TOKENS": "100"})
+    stack.write_config(stack.default_config().replace("start_timeout = 20", "start_timeout = 20\ndrain_timeout = 30"))
+    stack.start()
+    allow_file = stack.config_dir / "allowlist.toml"
+    allow_file.write_text(DEFAULT_ALLOW)
+    body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    streamed: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=60) as response:
+            streamed.extend(l for l in response.iter_lines() if l.startswith("data: "))
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    wait_for(lambda: any(r["target"] == "/v1/chat/completions" for r in stack.engine_requests()), 10, what="stream")
+    # An engine change: the engine must drain (a 10 s stream) before it restarts.
+    stack.write_config(stack.default_config().replace("start_timeout = 20", "start_timeout = 20\ndrain_timeout = 30")
+                       .replace("[engine]\n", '[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n'))
+    wait_for(lambda: stack.events("hold"), 10, what="engine draining")
+    saved = time.monotonic()
+    # Nothing reaches the engine while it drains, so a request held by the drain would wait:
+    # the proxy's own verdict on a refused path tells when the new list is in force.
+    save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
+    wait_for(lambda: any(e["rules"] == 9 for e in stack.events("allowlist_swapped")), 5, interval=0.02,
+             what="new allowlist in force")
+    enforced = time.monotonic() - saved
+    assert httpx.post(stack.url("/api/pull"), json={}, timeout=5).status_code == 403
+    started = time.monotonic()
+    reload = stack.cli("reload")
+    assert reload.returncode == 0 and time.monotonic() - started < 5
+    assert not stack.events("drained"), "the drain should still be going on"
+    streamer.join(60)
+    assert streamed[-1] == "data: [DONE]" and len(streamed) == 102  # the drain protected it
+    wait_for(lambda: stack.events("drained") and stack.child("ollama")["state"] == "RUNNING", 20, what="restarted")
+    assert status_of(stack, "/api/ps") == 200
+    assert enforced < 1.0, f"enforced {enforced:.2f}s after the save"
+    print(f"\nallowlist enforced {enforced:.3f}s after the save, while the engine drained")

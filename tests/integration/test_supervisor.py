@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import PROXY_HOST, Stack, wait_for
+from harness import PROXY_HOST, Stack, wait_for
 
 
 def serving(stack: Stack) -> bool:
@@ -139,7 +139,8 @@ def test_status_exit_codes(make_stack) -> None:
     assert result.returncode == 3
     assert "STOPPED" in result.stdout
     assert stack.cli("status", "haproxy").returncode == 0
-    assert stack.cli("status", "nosuch").returncode == 3
+    unknown = stack.cli("status", "nosuch")
+    assert unknown.returncode == 3 and unknown.stdout.strip() == "nosuch: ERROR (no such process)"
     stack.stop()
     assert stack.cli("status").returncode == 4
 

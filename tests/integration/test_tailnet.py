@@ -14,7 +14,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import Stack, wait_for
+from harness import Stack, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 

@@ -9,12 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ai_server.errors import AiServerError
-
-
-class InstallError(AiServerError):
-    """An install or uninstall step failed; the message says which and why."""
-
+from ai_server.errors import InstallError
+from ai_server.files import atomic_write
 
 @dataclass(frozen=True)
 class WriteFile:
@@ -27,10 +23,7 @@ class WriteFile:
 
     def apply(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_bytes(self.content)
-        os.chmod(temporary, self.mode)
-        os.replace(temporary, self.path)
+        atomic_write(self.path, self.content, self.mode)
 
 
 @dataclass(frozen=True)

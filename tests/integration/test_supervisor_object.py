@@ -1,0 +1,33 @@
+"""The supervisor object in-process: what a reload changes, without running children."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ai_server.paths import Paths
+from ai_server.proxy_child import START_TIMEOUT
+from ai_server.supervisor import Supervisor
+from harness import Stack
+
+
+def loaded(stack: Stack) -> Supervisor:
+    paths = Paths(stack.config_dir, stack.state_dir, stack.state_dir / "logs")
+    sup = Supervisor(paths, environ=stack.env)
+    return sup
+
+
+def test_reload_keeps_each_childs_own_start_timeout(make_stack) -> None:
+    """A reload used to give HAProxy the engine's start_timeout."""
+    stack = make_stack()
+
+    async def scenario() -> tuple[float, float, dict]:
+        sup = loaded(stack)
+        await sup._load()
+        stack.write_config(stack.default_config().replace("start_timeout = 20", "start_timeout = 7"))
+        answer = await sup.reload("test")
+        return sup.proxy.child.start_timeout, sup.engine.child.start_timeout, answer
+
+    proxy_timeout, engine_timeout, answer = asyncio.run(scenario())
+    assert answer["ok"] and answer["changed"] == []
+    assert engine_timeout == 7
+    assert proxy_timeout == START_TIMEOUT
