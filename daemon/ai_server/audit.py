@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from ai_server.netaddr import host_port
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -52,7 +54,7 @@ def is_loopback(address: str) -> bool:
 
 def violations(listeners: list[Listener], also: frozenset[str] = frozenset()) -> list[str]:
     """What listens beyond loopback (and the `also` addresses), as readable lines."""
-    return [f"{l.name} (pid {l.pid}) listens on {'[' + l.address + ']' if ':' in l.address else l.address}:{l.port}"
+    return [f"{l.name} (pid {l.pid}) listens on {host_port(l.address, l.port)}"
             for l in listeners if not is_loopback(l.address) and l.address not in also]
 
 
