@@ -44,7 +44,9 @@ class Commands:
         sup = self.sup
         desired = sup.desired
         cfg = desired.config
-        waiting = None if desired.addresses else "waiting for a tailnet address (is Tailscale up?)"
+        waiting = None
+        if not desired.addresses:
+            waiting = f"waiting for a tailnet address: {desired.tailnet_problem or 'is Tailscale up?'}"
         children = []
         for child in sup.children:
             snap = child.snapshot()

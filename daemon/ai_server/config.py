@@ -7,7 +7,9 @@ line and the key, so a typo never reaches a running child.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ai_server.errors import ConfigError
+from ai_server.netaddr import canonical, listen_problem
+from ai_server.tailscale import is_dns_name
 from ai_server.tomlpos import line_of
 
 ENGINE_KINDS = ("ollama", "llama-server")
@@ -30,6 +34,7 @@ LAUNCHD_EXIT_TIMEOUT = 20.0
 class ProxyConfig:
     enabled: bool = True
     listen: tuple[str, ...] = ("tailscale",)
+    server_names: tuple[str, ...] = ()
     port: int = 11434
     drain_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
@@ -115,15 +120,38 @@ def default_text(name: str) -> str:
     return resources.files("ai_server").joinpath("defaults", name).read_text(encoding="utf-8")
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_text(path: Path) -> tuple[str, str]:
-    """(text, label) of a config file, or the shipped default when the file does not exist."""
+    """(text, label) of a config file, or the shipped default when the file does not exist.
+
+    Opened without blocking and checked before it is read: a FIFO, a device or a folder in its
+    place, or a file over 1 MiB, is a ConfigError, never a hang or a huge read."""
     try:
-        return path.read_text(encoding="utf-8"), str(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return default_text(path.name), f"{path.name} (shipped default)"
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError(str(path), f"cannot read: {reason}") from None
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot read: {err.strerror or err}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), "is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), f"is {info.st_size} bytes; a config file may hold at most {MAX_CONFIG_BYTES}")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), f"holds more than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return raw.decode("utf-8"), str(path)
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), f"cannot read: not UTF-8 ({err.reason} at byte {err.start})") from None
 
 
 def parse_toml(text: str, label: str) -> dict[str, Any]:
@@ -208,16 +236,19 @@ def _string_list(value: list[Any]) -> str | None:
     return None
 
 
-def _listen_address(value: str) -> str | None:
-    if value == "tailscale":
-        return None
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return f"{value!r} is not an IP address or \"tailscale\""
-    if address.is_unspecified:
-        return f"{value} would listen on every interface; name the tailnet address or \"tailscale\""
+def _server_names(value: list[Any]) -> str | None:
+    for name in value:
+        if not isinstance(name, str) or not (is_dns_name(name) or _is_ip(name)):
+            return f"{name!r} is not a host name or an IP address"
     return None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
 
 
 def is_loopback_host(value: str) -> bool:
@@ -254,16 +285,17 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     if not listen:
         raise p.fail("listen", "must name at least one address (or \"tailscale\")")
     for address in listen:
-        problem = _listen_address(address)
+        problem = None if address == "tailscale" else listen_problem(address)
         if problem:
             raise p.fail("listen", problem)
     proxy = ProxyConfig(
         enabled=p.get("enabled", True, bool),
-        listen=tuple(listen),
+        listen=tuple(dict.fromkeys(a if a == "tailscale" else canonical(a) for a in listen)),
+        server_names=tuple(dict.fromkeys(n.lower().rstrip(".") for n in p.get("server_names", [], list, _server_names))),
         port=p.get("port", 11434, int, _port),
         drain_timeout=float(p.get("drain_timeout", 10.0, number, _at_least_zero)),
         max_body_bytes=int(p.get("max_body_mb", 64, number,
-                                 lambda v: None if 0 < v <= 900 else "must be more than 0 and at most 900") * 1024 * 1024),
+                                 lambda v: None if 0 < v <= 200 else "must be more than 0 and at most 200") * 1024 * 1024),
         request_timeout=float(p.get("request_timeout", 10.0, number, _positive)),
         idle_timeout=float(p.get("idle_timeout", 900.0, number, _positive)),
         queue_timeout=float(p.get("queue_timeout", 120.0, number, _positive)),
@@ -329,12 +361,28 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
 # ---------------------------------------------------------------------------------------------
 # Validation: allowlist.toml
 
-# A rule's literal characters. Anything else (%, \, ;, spaces...) could mean one thing to
-# HAProxy and another to the engine, so it cannot be written in a rule at all.
-_PATH_CHARS = re.compile(r"^[A-Za-z0-9._~/:-]*$")
+# A rule's literal characters: a subset of RFC 3986's path characters. Anything else (%, \\,
+# ;, spaces, control bytes...) could mean one thing to HAProxy and another to the engine, or
+# change the syntax of the maps the rules are compiled into, so it cannot be written at all.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._~/:-]*")
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]|\s")
+# What a rule may never let through, whatever its path: endpoints that download, write, copy
+# or delete models. ai-server pulls for you (`ai-server warm`), on loopback.
+MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+MANAGEMENT_PREFIXES = ("/api/blobs/",)
+# Paths a {model} rule is tried against: each management endpoint, and a blob.
+MANAGEMENT_PROBES = MANAGEMENT + ("/api/blobs/sha256:" + "0" * 64,)
+
+
+def is_management(path: str) -> bool:
+    return path in MANAGEMENT or path.startswith(MANAGEMENT_PREFIXES)
 
 
 def check_rule_path(path: str) -> str | None:
+    """Why `path` cannot be a rule, or None. Judged on the whole string: a trailing newline is
+    refused like any other byte outside the grammar."""
+    if _SPACE_OR_CONTROL.search(path):
+        return "holds whitespace or a control character"
     if not path.startswith("/"):
         return "must start with /"
     literal = path.replace(MODEL_PLACEHOLDER, "m")
@@ -342,15 +390,21 @@ def check_rule_path(path: str) -> str | None:
         return "the only placeholder is {model}"
     if path.count(MODEL_PLACEHOLDER) > 1:
         return "may hold {model} at most once"
-    if not _PATH_CHARS.match(literal):
+    if _PATH_CHARS.fullmatch(literal) is None:
         return "may hold only letters, digits and . _ ~ / : - (and {model})"
     segments = path.split("/")[1:]
     if any(s in (".", "..") for s in segments):
         return "must not hold . or .. segments"
     if "//" in path:
         return "must not hold //"
-    if MODEL_PLACEHOLDER in path and f"/{MODEL_PLACEHOLDER}" not in path:
+    if MODEL_PLACEHOLDER in path and not re.fullmatch(r"(/[^/]+)*/\{model\}(/[^/]+)*", path):
         return "{model} must stand as a whole path segment, e.g. /v1/models/{model}"
+    from ai_server.allowlist import path_regex  # the compiled rule: what it really matches
+
+    reached = [p for p in MANAGEMENT_PROBES if re.fullmatch(path_regex(path)[1:-1], p)]
+    if reached:
+        return (f"would reach {reached[0].rstrip('0') + ('...' if reached[0].endswith('0') else '')}: model management "
+                "is never forwarded (pull with `ai-server warm MODEL`)")
     return None
 
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -50,6 +51,15 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
 
 def stream(path: Path, command: str, args: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Iterator[dict[str, Any]]:
     """Send one request; yield each progress line and finally the answer (or raise)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise NotRunning(f"ai-server is not running (no supervisor answers on {path})") from None
+    except OSError as err:
+        raise ControlError(f"cannot reach the supervisor on {path}: {err.strerror or err}") from None
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        # The supervisor's own socket is ours and 0600; anything else may be somebody's trap.
+        raise ControlError(f"{path} is not owned by you (uid {info.st_uid}) or not a socket: not talking to it")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

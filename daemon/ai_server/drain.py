@@ -13,7 +13,7 @@ from typing import Callable
 
 import structlog
 
-from ai_server import haproxy
+from ai_server.haproxy import maps, runtime, set_hold_file
 from ai_server.errors import HaproxyRuntimeError
 from ai_server.lifecycle import Clock
 
@@ -45,18 +45,23 @@ class Hold:
                 if self.wanted:
                     continue
             try:
-                await asyncio.to_thread(haproxy.set_hold, self.stats_socket, self.state_dir, want)
+                await asyncio.to_thread(self._set, want)
                 self.held = want
                 self.log.info("hold" if want else "release", process="haproxy",
                               reason="engine restarting" if want else "engine back")
             except HaproxyRuntimeError as err:
                 self.log.warning("hold_failed", process="haproxy", error=str(err))
 
+    def _set(self, on: bool) -> None:
+        """Hold (or release) requests: the live map, and the file a reloaded worker will read."""
+        set_hold_file(self.state_dir, on)
+        runtime.set_value(self.stats_socket, maps.HOLD, "hold", "1" if on else "0")
+
     def release_now(self) -> None:
         """Release at once, without waiting for the engine (shutdown). Blocking."""
         self.wanted = False
         if self.available and self.held:
-            haproxy.set_hold(self.stats_socket, self.state_dir, False)
+            self._set(False)
             self.held = False
             self.log.info("release", process="haproxy", reason="shutting down")
 
@@ -64,7 +69,7 @@ class Hold:
         deadline = self.clock() + timeout
         while self.clock() < deadline:
             try:
-                row = await asyncio.to_thread(haproxy.server_stats, self.stats_socket)
+                row = await asyncio.to_thread(runtime.server_stats, self.stats_socket)
                 if row.get("status", "").startswith("UP"):
                     return True
             except HaproxyRuntimeError:
@@ -84,7 +89,7 @@ class Hold:
         in_flight = -1
         while self.clock() < started + timeout:
             try:
-                row = await asyncio.to_thread(haproxy.server_stats, self.stats_socket)
+                row = await asyncio.to_thread(runtime.server_stats, self.stats_socket)
                 in_flight = int(row.get("scur") or 0)
             except (HaproxyRuntimeError, ValueError):
                 break

@@ -40,14 +40,6 @@ class Paths:
         return self.state_dir / "haproxy.sock"
 
     @property
-    def paths_map(self) -> Path:
-        return self.state_dir / "allow-paths.map"
-
-    @property
-    def routes_map(self) -> Path:
-        return self.state_dir / "allow-routes.map"
-
-    @property
     def lock_file(self) -> Path:
         return self.state_dir / "supervisor.lock"
 

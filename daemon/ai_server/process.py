@@ -44,6 +44,7 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 5.0
+    cwd: str | None = None
 
 
 def describe_exit(returncode: int) -> str:
@@ -231,7 +232,7 @@ class Child:
         self.last_output.clear()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.argv, env=spec.env, stdin=asyncio.subprocess.DEVNULL,
+                *spec.argv, env=spec.env, cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: stop reaches workers and runners
             )

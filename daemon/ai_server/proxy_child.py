@@ -8,6 +8,8 @@ import signal
 from typing import Callable, Mapping
 
 from ai_server import haproxy, logs
+from ai_server.haproxy import maps, runtime
+from ai_server.haproxy.maps import MapFile
 from ai_server.drain import Hold
 from ai_server.engines import engine_for
 from ai_server.errors import HaproxyRuntimeError
@@ -37,9 +39,10 @@ class ProxyChild:
     def spec(self) -> Spec:
         # -W master-worker, -db foreground: the master keeps its pid across reloads (SIGUSR2)
         # and SIGUSR1 makes it stop gracefully, letting workers finish their responses.
+        # It runs in the state dir: haproxy.cfg names its sockets and files relative to it.
         return Spec(argv=(self.program, "-W", "-db", "-f", str(self.paths.haproxy_cfg)),
                     env=dict(self._environ), stop_signal=signal.SIGUSR1,
-                    stop_timeout=self._desired().config.proxy.drain_timeout + 1.0)
+                    stop_timeout=self._desired().config.proxy.drain_timeout + 1.0, cwd=str(self.paths.state_dir))
 
     async def listens(self) -> bool:
         desired = self._desired()
@@ -52,16 +55,21 @@ class ProxyChild:
         return True
 
     def render_input(self, desired: Desired) -> haproxy.RenderInput:
-        p = self.paths
-        return haproxy.RenderInput(
-            config=desired.config, addresses=desired.addresses, log_socket=p.haproxy_log_socket,
-            stats_socket=p.haproxy_stats_socket, paths_map=p.paths_map, routes_map=p.routes_map,
-            engine_health_path=engine_for(desired.config.engine.kind).health_path, hold=self.hold.available)
+        return haproxy.RenderInput(config=desired.config, addresses=desired.addresses,
+                                   engine_health_path=engine_for(desired.config.engine.kind).health_path,
+                                   lua=self.hold.available)
+
+    @staticmethod
+    def maps(desired: Desired) -> list[MapFile]:
+        """What the running proxy decides from, in the order they are swapped in."""
+        cfg = desired.config
+        names = [*desired.names, *cfg.proxy.server_names]
+        return [*maps.allowlist_maps(desired.allowlist), maps.hosts_map(desired.addresses, cfg.proxy.port, names)]
 
     def install(self, desired: Desired) -> bool:
         """Write haproxy.cfg and the maps for `desired`, checked by `haproxy -c` first. Blocking.
         True when haproxy.cfg itself changed."""
-        return haproxy.install(self.program, self.render_input(desired), desired.allowlist, self.paths.haproxy_cfg)
+        return haproxy.install(self.program, self.render_input(desired), self.maps(desired), self.paths.state_dir)
 
     def set_policy(self) -> None:
         self.child.lc.policy = self._desired().config.restart
@@ -96,8 +104,7 @@ class ProxyChild:
         """New allowlist into the running proxy without a reload; a reload if that fails."""
         desired = self._desired()
         try:
-            await asyncio.to_thread(haproxy.swap_maps, self.paths.haproxy_stats_socket,
-                                    self.render_input(desired), desired.allowlist)
+            await asyncio.to_thread(runtime.swap, self.paths.haproxy_stats_socket, self.maps(desired))
             self.log.info("allowlist_swapped", process="haproxy", rules=len(desired.allowlist.rules))
         except HaproxyRuntimeError as err:
             self.log.warning("allowlist_swap_failed", process="haproxy", error=str(err), reason="reloading instead")

@@ -6,7 +6,7 @@ children and which parts of the proxy that touches; the supervisor applies the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ai_server import config as config_mod
@@ -21,6 +21,8 @@ class Desired:
     config: Config = field(default_factory=Config)
     allowlist: Allowlist = field(default_factory=Allowlist)
     addresses: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()          # this machine's MagicDNS names, for the Host check
+    tailnet_problem: str | None = None   # why "tailscale" has no address, when it has none
 
     @property
     def engine_bind(self) -> tuple[str, int] | None:
@@ -39,7 +41,7 @@ class Desired:
 class Plan:
     log: bool = False            # reconfigure log rotation
     policy: bool = False         # new restart policy or timeouts for the children
-    rules: bool = False          # new allowlist: swapped into the running proxy, no reload
+    rules: bool = False          # new allowlist or Host names: swapped into the running proxy, no reload
     proxy: bool = False          # haproxy.cfg inputs changed: rewrite, then reload in place
     addresses: bool = False      # where the proxy listens changed (it may start or stop)
     engine: str | None = None    # why the engine restarts; None: it keeps running
@@ -55,12 +57,15 @@ def read(config_dir: Path) -> Desired:
     the event loop. ConfigError on a bad file."""
     cfg = config_mod.load(config_dir)
     allowlist = config_mod.load_allowlist(config_dir)
-    return Desired(cfg, allowlist, resolve_addresses(cfg))
+    return with_tailnet(Desired(cfg, allowlist))
 
 
-def resolve_addresses(cfg: Config) -> tuple[str, ...]:
-    needs_tailnet = "tailscale" in cfg.proxy.listen
-    return tailnet.resolve_listen(cfg.proxy.listen, tailnet.detect() if needs_tailnet else [])
+def with_tailnet(desired: Desired) -> Desired:
+    """`desired` with the addresses it listens on now. Blocking."""
+    listen = desired.config.proxy.listen
+    found = tailnet.detect() if "tailscale" in listen else tailnet.Detection()
+    return replace(desired, addresses=tailnet.resolve_listen(listen, found.addresses), names=found.names,
+                   tailnet_problem=found.problem if "tailscale" in listen else None)
 
 
 def _how_it_runs(cfg: Config) -> tuple[object, ...]:
@@ -77,8 +82,9 @@ def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Pla
         raise ConfigError(config_file, "changing proxy.enabled needs a restart of ai-server "
                           "(`ai-server install` again, or restart the service)", key="proxy.enabled")
     addresses = new.addresses != old.addresses
+    names = new.names != old.names
     if n.proxy.enabled:
-        rules = new.allowlist != old.allowlist
+        rules = new.allowlist != old.allowlist or names
         proxy = (n.proxy != o.proxy or addresses or n.engine.port != o.engine.port
                  or n.engine.kind != o.engine.kind)
         engine_moves = False

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Mapping
 
 from ai_server import control, haproxy, logs, preflight, records, reload
+from ai_server.haproxy.logfmt import parse_log
 from ai_server.commands import Commands
 from ai_server.engine_child import EngineChild
 from ai_server.errors import AiServerError, ConfigError
@@ -46,7 +47,7 @@ class _LogReceiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
-            fields = haproxy.parse_log(line)
+            fields = parse_log(line)
             if fields is not None:
                 self.log.info("request", process="haproxy", **fields)
 
@@ -211,10 +212,12 @@ class Supervisor:
             await asyncio.sleep(TAILNET_POLL_S)
             if "tailscale" not in self.desired.config.proxy.listen:
                 continue
-            addresses = await asyncio.to_thread(reload.resolve_addresses, self.desired.config)
-            if addresses != self.desired.addresses:
-                self.log.info("tailnet_changed", old=list(self.desired.addresses), new=list(addresses))
-                await self._reload_guarded("tailnet address changed")
+            now = await asyncio.to_thread(reload.with_tailnet, self.desired)
+            if (now.addresses, now.names, now.tailnet_problem) != (self.desired.addresses, self.desired.names,
+                                                                    self.desired.tailnet_problem):
+                self.log.info("tailnet_changed", old=list(self.desired.addresses), new=list(now.addresses),
+                              names=list(now.names), problem=now.tailnet_problem)
+                await self._reload_guarded("tailnet changed")
 
     async def _open_log_socket(self) -> asyncio.DatagramTransport:
         path = self.paths.haproxy_log_socket

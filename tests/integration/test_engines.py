@@ -132,16 +132,50 @@ def test_check_passes_on_a_healthy_stack_without_model_tests(stack: Stack) -> No
     assert outcomes["chat completion"] == "SKIP"
 
 
-def test_check_catches_an_allowlist_that_lets_pull_through(make_stack) -> None:
-    stack = make_stack()
-    from ai_server import config
-    (stack.config_dir / "allowlist.toml").write_text(
-        config.default_text("allowlist.toml") + '\n[[allow]]\npath = "/api/pull"\nmethods = ["POST"]\n')
-    stack.start()
-    code, outcomes = check_outcomes(stack)
+class RogueProxy:
+    """Something other than our HAProxy on the proxy's address, forwarding everything: what
+    `check` is for. (ai-server itself refuses any allowlist that would let /api/pull through.)"""
+
+    def __init__(self, host: str, port: int, engine_port: int):
+        import http.server
+        import threading
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            def handle_one_request(self) -> None:
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline or not self.parse_request():
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = httpx.request(self.command, f"http://127.0.0.1:{engine_port}{self.path}", content=body,
+                                       headers={"Content-Type": self.headers.get("Content-Type") or "application/json"})
+                self.send_response(answer.status_code)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Forward)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_check_catches_a_proxy_that_lets_pull_through(stack: Stack) -> None:
+    assert stack.cli("stop", "haproxy").returncode == 0
+    from harness import PROXY_HOST
+    rogue = RogueProxy(PROXY_HOST, stack.proxy_port, stack.engine_port)
+    try:
+        code, outcomes = check_outcomes(stack)
+    finally:
+        rogue.close()
     assert code == 1
     assert outcomes["POST /api/pull refused with 403"] == "FAIL"
-    assert [name for name, outcome in outcomes.items() if outcome == "FAIL"] == ["POST /api/pull refused with 403"]
+    assert outcomes["HAProxy RUNNING"] == "FAIL"
 
 
 def test_check_catches_an_engine_on_every_interface(make_stack) -> None:
@@ -177,18 +211,19 @@ def test_check_passes_when_proxy_and_engine_share_a_port(make_stack) -> None:
     assert code == 0
 
 
-def test_check_fails_under_python_O_too(make_stack) -> None:
+def test_check_fails_under_python_O_too(stack: Stack) -> None:
     """Verdicts used to be asserts: `python -O` turned every failure into a pass."""
-    stack = make_stack()
-    from ai_server import config
-    (stack.config_dir / "allowlist.toml").write_text(
-        config.default_text("allowlist.toml") + '\n[[allow]]\npath = "/api/pull"\nmethods = ["POST"]\n')
-    stack.start()
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-O", "-m", "ai_server", "--config-dir", str(stack.config_dir),
-                             "check", "--json", "--skip-model-tests"], env=stack.env, capture_output=True,
-                            text=True, timeout=120)
+    from harness import PROXY_HOST
+    assert stack.cli("stop", "haproxy").returncode == 0
+    rogue = RogueProxy(PROXY_HOST, stack.proxy_port, stack.engine_port)
+    try:
+        result = subprocess.run([sys.executable, "-O", "-m", "ai_server", "--config-dir", str(stack.config_dir),
+                                 "check", "--json", "--skip-model-tests"], env=stack.env, capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        rogue.close()
     outcomes = {c["name"]: c["outcome"] for c in json.loads(result.stdout)["checks"]}
     assert result.returncode == 1
     assert outcomes["POST /api/pull refused with 403"] == "FAIL"

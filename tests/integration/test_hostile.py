@@ -22,9 +22,13 @@ from harness import PROXY_HOST, Stack, dispose, new_stack
 ALLOW = config.parse_allowlist(config.default_text("allowlist.toml"))
 
 
+NAME = "mymac.tail1234.ts.net"
+
+
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[Stack]:
     stack = new_stack()
+    stack.write_config(stack.default_config().replace("[proxy]\n", f'[proxy]\nserver_names = ["{NAME}"]\nmax_body_mb = 1\n'))
     stack.start()
     yield stack
     dispose(stack)
@@ -56,8 +60,8 @@ def assert_engine_saw_only_allowed(stack: Stack) -> list[dict]:
     return seen
 
 
-def req(line: str, *headers: str, body: bytes = b"", close: bool = True) -> bytes:
-    head = [line, "Host: mymac.tail1234.ts.net", *headers, *(["Connection: close"] if close else [])]
+def req(line: str, *headers: str, body: bytes = b"", close: bool = True, host: str | None = NAME) -> bytes:
+    head = [line, *([f"Host: {host}"] if host is not None else []), *headers, *(["Connection: close"] if close else [])]
     if body and not any(h.lower().startswith(("content-length", "transfer-encoding")) for h in headers):
         head.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
@@ -126,14 +130,35 @@ BATTERY: list[tuple[str, bytes, set[int], bool | None]] = [
     # HAProxy unfolds obs-fold (RFC 9112 allows a proxy to); the request itself is allowed.
     ("folded header", req("GET /v1/models HTTP/1.1", "X-A: a", " folded: yes"), {200, 400}, None),
     ("space before colon", req("GET /v1/models HTTP/1.1", "Transfer-Encoding : chunked"), {400}, False),
-    ("body too large", req("POST /v1/chat/completions HTTP/1.1", "Content-Length: 67108865"), {413}, False),
+    ("body too large", req("POST /v1/chat/completions HTTP/1.1", "Content-Length: 1048577"), {413}, False),
     ("body length past 32 bits", req("POST /v1/chat/completions HTTP/1.1", "Content-Length: 999999999999"), {413}, False),
     ("body length not a number", req("POST /v1/chat/completions HTTP/1.1", "Content-Length: +5", body=b"{}"), {400, 413}, False),
     ("overlong url", req("GET /v1/models/" + "a" * 20000 + " HTTP/1.1"), {400, 414}, False),
-    ("overlong header", req("GET /v1/models HTTP/1.1", "X-Long: " + "b" * 20000), {400, 431}, False),
+    ("overlong header", req("GET /v1/models HTTP/1.1", *[f"X-Long-{i}: " + "b" * 8000 for i in range(10)]), {400, 431}, False),
     ("too many headers", req("GET /v1/models HTTP/1.1", *[f"X-{i}: {i}" for i in range(150)]), {400}, False),
-    # HAProxy speaks h2c to a client that opens with the preface: no HTTP/1 answer at all.
+    # HTTP/1.1 only: the HTTP/2 preface is a bad request.
     ("http/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", {0, 400}, False),
+    ("h2c upgrade", req("GET /v1/models HTTP/1.1", "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c",
+                        "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"), {200}, True),
+    # Host: only names of this server reach the engine (DNS rebinding).
+    ("rebinding host", req("GET /api/tags HTTP/1.1", host="rebind.attacker.example"), {421}, False),
+    ("rebinding host with port", req("GET /api/tags HTTP/1.1", host="rebind.attacker.example:11434"), {421}, False),
+    ("our name as a suffix", req("GET /api/tags HTTP/1.1", host=f"{NAME}.attacker.example"), {421}, False),
+    ("no host, HTTP/1.0", req("GET /api/tags HTTP/1.0", host=None), {421}, False),
+    ("no host, HTTP/1.1", req("GET /api/tags HTTP/1.1", host=None), {400, 421}, False),
+    ("empty host", req("GET /api/tags HTTP/1.1", host=""), {400, 421}, False),
+    ("our name, upper case", req("GET /api/tags HTTP/1.1", host=NAME.upper()), {200}, True),
+    ("our name, root dot", req("GET /api/tags HTTP/1.1", host=NAME + "."), {200}, True),
+    # Control bytes in header values: HAProxy itself forwards NUL, ESC, DEL.
+    ("NUL in a header", req("GET /api/tags HTTP/1.1", "X-A: a\x00b"), {400}, False),
+    ("SOH in a header", req("GET /api/tags HTTP/1.1", "X-A: a\x01b"), {400}, False),
+    ("ESC in a header", req("GET /api/tags HTTP/1.1", "X-A: a\x1b[2J"), {400}, False),
+    ("DEL in a header", req("GET /api/tags HTTP/1.1", "X-A: a\x7fb"), {400}, False),
+    ("NUL in the host", req("GET /api/tags HTTP/1.1", host=NAME + "\x00.evil"), {400}, False),
+    ("tab in a header", req("GET /api/tags HTTP/1.1", "X-A: a\tb"), {200}, True),
+    # Model management: refused whatever the rules (the rules cannot even name it).
+    ("blob upload", req("POST /api/blobs/sha256:" + "0" * 64 + " HTTP/1.1", body=b"x"), {403}, False),
+    ("blob probe", req("HEAD /api/blobs/sha256:" + "0" * 64 + " HTTP/1.1"), {403}, False),
     ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls hello\r\n\r\n", {400}, False),
     ("bad version", req("GET /v1/models HTTP/9.9"), {200, 400, 505}, None),
     # HTTP/0.9 style: HAProxy refuses it, or waits for the rest of a request that never comes.
@@ -169,14 +194,31 @@ def test_pipelined_requests_are_each_judged(proxy: Stack) -> None:
 
 def test_http_1_0_and_headers_forwarded_cleanly(proxy: Stack) -> None:
     before = len(proxy.engine_requests())
-    got = statuses(exchange(proxy, b"GET /api/tags HTTP/1.0\r\nX-HTTP-Method-Override: DELETE\r\n"
-                                   b"X-Forwarded-For: 6.6.6.6\r\n\r\n"))
+    got = statuses(exchange(proxy, f"GET /api/tags HTTP/1.0\r\nHost: {NAME}\r\nX-HTTP-Method-Override: DELETE\r\n"
+                                   "X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n"
+                                   "X-Forwarded-Host: evil\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".encode()))
     assert got == [200]
     record = [r for r in proxy.engine_requests()[before:] if r["target"] == "/api/tags"][-1]
     headers = {k.lower(): v for k, v in record["headers"]}
-    assert "x-http-method-override" not in headers
+    for dropped in ("x-http-method-override", "forwarded", "x-real-ip", "x-forwarded-host", "upgrade"):
+        assert dropped not in headers, dropped
+    assert "upgrade" not in headers.get("connection", "").lower()
     assert headers["x-forwarded-for"] == "127.0.0.1"  # ours, not the client's
     assert headers["host"] == f"127.0.0.1:{proxy.engine_port}"
+
+
+def test_http2_prior_knowledge_gets_nothing_through(proxy: Stack) -> None:
+    """HTTP/2 requests carried no Content-Length past the 411/413 rules: a 5 MiB body reached
+    the engine with max_body_mb = 1. The listener speaks HTTP/1.1 only now."""
+    import httpx
+    before = len(proxy.engine_requests())
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        for method, path, body in (("POST", "/v1/chat/completions", b"x" * (5 << 20)), ("GET", "/api/tags", None),
+                                   ("POST", "/api/pull", b"{}")):
+            with pytest.raises(httpx.HTTPError):
+                client.request(method, proxy.url(path), content=body, headers={"Host": NAME})
+    assert [r for r in proxy.engine_requests()[before:] if r["target"] != "/"] == []
+    assert httpx.get(proxy.url("/api/tags"), timeout=5).status_code == 200  # HTTP/1.1 as ever
 
 
 METHODS = st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "get", "Post", "FOO"])

@@ -106,7 +106,7 @@ def test_allow_commands_edit_the_file_and_the_server_follows(stack: Stack) -> No
     assert stack.cli("allow", "remove", "/api/ps").returncode == 0
     wait_for(lambda: status_of(stack, "/api/ps") == 403, 10, what="/api/ps refused")
     assert allow_file.read_text() == DEFAULT_ALLOW  # comments and layout as they were
-    bad = stack.cli("allow", "add", "/api/pull", "--method", "YANK")
+    bad = stack.cli("allow", "add", "/api/ps", "--method", "YANK")
     assert bad.returncode == 1 and "not a method" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -37,18 +37,31 @@ def test_both_children_start_and_serve_through_the_proxy(stack: Stack) -> None:
     assert listening == {("127.0.0.1", stack.engine_port)}
 
 
-def test_tailnet_host_name_reaches_the_engine(stack: Stack) -> None:
-    tailnet_host = "mymac.tail1234.ts.net"
+def test_a_name_of_this_server_reaches_the_engine_any_other_does_not(make_stack) -> None:
+    """DNS rebinding: the proxy rewrites Host for the engine, which turns off Ollama's own
+    check, so the proxy must make it. A Host naming this server goes through; any other gets
+    the proxy's 421 and never reaches the engine."""
+    stack = make_stack()
+    stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\nserver_names = ["mymac.tail1234.ts.net"]\n'))
+    stack.start()
+    name = "mymac.tail1234.ts.net"
     # Direct to the engine, Ollama's Host check refuses a tailnet name ...
-    direct = httpx.get(f"http://127.0.0.1:{stack.engine_port}/api/tags", headers={"Host": tailnet_host}, timeout=5)
+    direct = httpx.get(f"http://127.0.0.1:{stack.engine_port}/api/tags", headers={"Host": name}, timeout=5)
     assert direct.status_code == 403
     # ... so the proxy rewrites it, and the same request through the proxy succeeds.
-    through = httpx.get(stack.url("/api/tags"), headers={"Host": tailnet_host}, timeout=5)
-    assert through.status_code == 200
+    # localhost too: the proxy listens on a loopback address here.
+    for host in (name, f"{name}:{stack.proxy_port}", f"{name.upper()}.", PROXY_HOST, f"{PROXY_HOST}:{stack.proxy_port}",
+                 "localhost", f"localhost:{stack.proxy_port}"):
+        assert httpx.get(stack.url("/api/tags"), headers={"Host": host}, timeout=5).status_code == 200, host
     seen = [r for r in stack.engine_requests() if r["target"] == "/api/tags" and r["note"] != "host refused"]
-    host = dict((k.lower(), v) for k, v in seen[-1]["headers"])["host"]
-    assert host == f"127.0.0.1:{stack.engine_port}"
-    assert dict((k.lower(), v) for k, v in seen[-1]["headers"])["x-forwarded-for"] == "127.0.0.1"
+    headers = dict((k.lower(), v) for k, v in seen[-1]["headers"])
+    assert headers["host"] == f"127.0.0.1:{stack.engine_port}" and headers["x-forwarded-for"] == "127.0.0.1"
+    before = len(stack.engine_requests())
+    for host in ("rebind.attacker.example", f"rebind.attacker.example:{stack.proxy_port}", "localhost.evil.example",
+                 f"{name}.evil.example", "127.0.0.1", f"{PROXY_HOST}:1", "", "mymac"):
+        answer = httpx.get(stack.url("/api/tags"), headers={"Host": host}, timeout=5)
+        assert answer.status_code == 421 and answer.json()["status"] == 421, host
+    assert [r for r in stack.engine_requests()[before:] if r["target"] != "/"] == []
 
 
 @pytest.mark.parametrize("name", ["ollama", "haproxy"])
@@ -178,7 +191,7 @@ def test_control_socket_is_private(stack: Stack) -> None:
 
 
 def test_logs_state_output_and_request_events(stack: Stack) -> None:
-    httpx.get(stack.url("/api/tags?x=1"), headers={"Host": "mymac.ts.net"}, timeout=5)
+    httpx.get(stack.url("/api/tags?x=1"), timeout=5)
     httpx.post(stack.url("/api/pull"), json={"model": "x"}, timeout=5)
     request = wait_for(lambda: stack.events("request", path="/api/pull"), 10, what="request event")[-1]
     assert request["method"] == "POST" and request["status"] == 403 and request["client"] == "127.0.0.1"

@@ -64,7 +64,7 @@ def test_add_refuses_bad_input_and_leaves_file_alone(tmp_path: Path) -> None:
     target.write_text(config.default_text("allowlist.toml"))
     before = target.read_text()
     with pytest.raises(ConfigError, match="not a method"):
-        allowlist.add_rule(target, "/api/pull", ["YANK"])
+        allowlist.add_rule(target, "/api/ps", ["YANK"])
     with pytest.raises(ConfigError, match="must not hold"):
         allowlist.add_rule(target, "/v1/../api/pull", ["POST"])
     with pytest.raises(ConfigError, match="no rule has path"):
@@ -78,9 +78,60 @@ def test_add_to_missing_file_starts_from_the_shipped_default(tmp_path: Path) -> 
     assert len(config.parse_allowlist(target.read_text()).rules) == 9
 
 
-def test_maps_hold_one_entry_per_rule() -> None:
-    paths = allowlist.path_map(DEFAULT)
-    routes = allowlist.route_map(DEFAULT)
-    assert paths[0] == ("^/v1/chat/completions$", "POST")
-    assert routes[2][0].startswith("^(GET)@/v1/models/[A-Za-z0-9_]") and routes[2][1] == "1"
-    assert all(" " not in key and ";" not in key for key, _ in paths + routes)  # safe on the runtime API
+@pytest.mark.parametrize("path", ["/api/tags\n", "/api/tags\r", "/v1/embeddings\n", " /v1/models", "/v1/models\t",
+                                  "/v1/mo\x00dels", "/v1/models\u2028"])
+def test_whitespace_and_control_characters_are_refused_everywhere(tmp_path: Path, path: str) -> None:
+    """A trailing newline used to pass validation ($ matches before it) and leave a map key
+    that matched every path and method."""
+    text = f'[[allow]]\npath = {config.toml_string(path)}\nmethods = ["GET"]\n'
+    with pytest.raises(ConfigError, match="allow\\[0\\].path: .*whitespace or a control character"):
+        config.parse_allowlist(text)
+    target = tmp_path / "allowlist.toml"
+    target.write_text(config.default_text("allowlist.toml"))
+    before = target.read_bytes()
+    with pytest.raises(ConfigError, match="whitespace or a control character"):
+        allowlist.add_rule(target, path, ["GET"])
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("path, reaches", [("/{model}", "/api/pull"), ("/api/{model}", "/api/pull"),
+                                           ("/api/blobs/{model}", "/api/blobs/"), ("/api/pull", "/api/pull"),
+                                           ("/api/delete", "/api/delete")])
+def test_rules_that_could_reach_model_management_are_refused(path: str, reaches: str) -> None:
+    with pytest.raises(ConfigError, match=f"would reach {reaches}"):
+        config.parse_allowlist(f'[[allow]]\npath = "{path}"\nmethods = ["POST"]\n')
+
+
+def test_model_rules_elsewhere_are_fine() -> None:
+    rules = config.parse_allowlist('[[allow]]\npath = "/v1/{model}"\nmethods = ["GET"]\n'
+                                   '[[allow]]\npath = "/api/x/{model}"\nmethods = ["GET"]\n')
+    assert len(rules.rules) == 2
+
+
+@pytest.mark.parametrize("method, target, expected", [
+    ("POST", "/v1/models/special", 0), ("GET", "/v1/models/special", 0), ("DELETE", "/v1/models/special", 405),
+    ("POST", "/v1/models/other", 405), ("GET", "/v1/models/other", 0), ("GET", "/api/pull", 403),
+])
+def test_decide_is_the_union_of_matching_rules(method: str, target: str, expected: int) -> None:
+    overlap = config.parse_allowlist('[[allow]]\npath = "/v1/models/{model}"\nmethods = ["GET"]\n'
+                                     '[[allow]]\npath = "/v1/models/special"\nmethods = ["POST"]\n')
+    assert allowlist.decide(overlap, method, target) == expected
+
+
+@pytest.mark.parametrize("key, value", [("^/a b$", "1"), ("^/a$", "1 2"), ("^/a;x$", "1"), ("^/a$", "1;show"),
+                                        ("^/a#$", "1"), ("^/a\n$", "1"), ("", "1"), ("^/a$", ""), ("^/\u00e9$", "1")])
+def test_map_lines_refuse_anything_that_could_change_their_syntax(key: str, value: str) -> None:
+    from ai_server.haproxy import maps
+    with pytest.raises(maps.MapLineError):
+        maps.make("x.map", "test", [(key, value)])
+
+
+def test_compiled_maps_of_the_shipped_list() -> None:
+    from ai_server.haproxy import maps
+    routes, paths = maps.allowlist_maps(DEFAULT)
+    assert routes.name == "allow-routes.map" and paths.name == "allow-paths.map"
+    assert paths.entries[0] == ("^/v1/chat/completions$", "1")
+    assert routes.entries[2][0].startswith("^(GET)@/v1/models/[A-Za-z0-9_]")
+    for item in (routes, paths):
+        body = [line for line in item.text().splitlines() if not line.startswith("#")]
+        assert len(body) == len(DEFAULT.rules) and all(len(line.split(" ")) == 2 for line in body)

@@ -106,3 +106,45 @@ def test_lowercase_methods_are_accepted_as_uppercase() -> None:
     ("0.0.0.0", False), (":11434", False), ("100.100.1.1:11434", False), ("example.com", False)])
 def test_is_loopback_host(value: str, loopback: bool) -> None:
     assert config.is_loopback_host(value) is loopback
+
+
+@pytest.mark.parametrize("address, words", [("::ffff:0.0.0.0", "every interface"), ("0.0.0.0", "every interface"),
+                                            ("::", "every interface"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
+                                            ("255.255.255.255", "broadcast"), ("::ffff:255.255.255.255", "broadcast"),
+                                            ("nonsense", "not an IP address")])
+def test_listen_refuses_wildcards_however_spelled(address: str, words: str) -> None:
+    """::ffff:0.0.0.0 used to pass, and HAProxy bound every IPv4 interface."""
+    with pytest.raises(ConfigError, match=f"proxy.listen: .*{words}"):
+        config.parse_config(f'[proxy]\nlisten = ["{address}"]\n')
+
+
+def test_listen_addresses_are_normalised() -> None:
+    parsed = config.parse_config('[proxy]\nlisten = ["::ffff:100.64.0.1", "100.64.0.1", "fd7a:115c:a1e0:0::1"]\n')
+    assert parsed.proxy.listen == ("100.64.0.1", "fd7a:115c:a1e0::1")
+
+
+@pytest.mark.parametrize("name", ["evil name", "a\nb", "x;y", "-bad.example", "a..b", "*.example", "é.example", ""])
+def test_server_names_must_be_host_names(name: str) -> None:
+    with pytest.raises(ConfigError, match="proxy.server_names"):
+        config.parse_config(f'[proxy]\nserver_names = [{config.toml_string(name)}]\n')
+
+
+def test_server_names_are_lower_case_without_the_root_dot() -> None:
+    parsed = config.parse_config('[proxy]\nserver_names = ["AI.Example.com.", "100.64.0.9"]\n')
+    assert parsed.proxy.server_names == ("ai.example.com", "100.64.0.9")
+
+
+def test_config_files_must_be_regular_and_small(tmp_path) -> None:
+    import os
+    fifo = tmp_path / "ai-server.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        config.load(tmp_path)  # returns at once: never waits for a writer
+    fifo.unlink()
+    fifo.write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="at most"):
+        config.load(tmp_path)
+    fifo.unlink()
+    (tmp_path / "ai-server.toml").mkdir()
+    with pytest.raises(ConfigError, match="not a regular file|cannot read"):
+        config.load(tmp_path)

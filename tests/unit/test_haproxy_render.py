@@ -1,53 +1,59 @@
-"""The generated haproxy.cfg: readable, accepted by the real `haproxy -c`, logs parseable."""
+"""The generated haproxy.cfg and maps: readable, accepted by the real `haproxy -c`, free of user text."""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from ai_server import config, haproxy
+from ai_server.errors import HaproxyConfigError
+from ai_server.haproxy import maps
+from ai_server.haproxy.logfmt import parse_log
+from ai_server.haproxy.render import RenderInput, render
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+DEFAULT = config.parse_allowlist(config.default_text("allowlist.toml"))
 
 
-def spec(tmp_path: Path, cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> haproxy.RenderInput:
-    return haproxy.RenderInput(config.parse_config(cfg_text), addresses, tmp_path / "log.sock", tmp_path / "stats.sock",
-                               tmp_path / "allow-paths.map", tmp_path / "allow-routes.map")
+def spec(cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> RenderInput:
+    return RenderInput(config.parse_config(cfg_text), addresses)
 
 
-def render(tmp_path: Path, cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> str:
-    return haproxy.render(spec(tmp_path, cfg_text, addresses))
+def map_files(allow: config.Allowlist = DEFAULT, addresses: tuple[str, ...] = ("127.0.0.2",),
+              names: tuple[str, ...] = ()) -> list[maps.MapFile]:
+    return [*maps.allowlist_maps(allow), maps.hosts_map(addresses, 11434, names)]
 
 
 @pytest.mark.parametrize("cfg_text, allow_text, addresses", [
     ("", None, ("127.0.0.2",)),
     ("", None, ("100.64.0.1", "fd7a:115c:a1e0::1")),
     ('[proxy]\naccess_log = false\nmax_body_mb = 1\n[engine]\nkind = "llama-server"\nport = 8080\n', None, ("127.0.0.2",)),
+    ("[proxy]\nmax_body_mb = 200\n", None, ("127.0.0.2",)),  # the largest allowed
     ("", "", ("127.0.0.2",)),  # empty allowlist: everything 403
-    ("", '[[allow]]\npath = "/api/{model}/x.y"\nmethods = ["GET", "HEAD", "DELETE"]\n', ("::1",)),
+    ("", '[[allow]]\npath = "/api/x/{model}/x.y"\nmethods = ["GET", "HEAD", "DELETE"]\n', ("::1",)),
 ])
-def test_generated_config_passes_haproxy_check(tmp_path: Path, cfg_text, allow_text, addresses) -> None:
+def test_generated_config_passes_haproxy_check(tmp_path: Path, cfg_text: str, allow_text: str | None,
+                                               addresses: tuple[str, ...]) -> None:
     allow = config.parse_allowlist(allow_text if allow_text is not None else config.default_text("allowlist.toml"))
-    target = tmp_path / "haproxy.cfg"
-    assert haproxy.install(HAPROXY, spec(tmp_path, cfg_text, addresses), allow, target)  # `haproxy -c` passed
-    assert target.read_text() == render(tmp_path, cfg_text, addresses)
-    assert (tmp_path / "allow-paths.map").read_text().count("\n^/") == len(allow.rules)
+    files = map_files(allow, addresses, ("mymac.tail1234.ts.net", "mymac"))
+    assert haproxy.install(HAPROXY, spec(cfg_text, addresses), files, tmp_path)  # `haproxy -c` passed
+    assert (tmp_path / "haproxy.cfg").read_text() == render(spec(cfg_text, addresses))
+    assert (tmp_path / maps.ALLOW_PATHS).read_text().count("\n^/") == len(allow.rules)
     # The same settings with other rules: only the maps change, haproxy.cfg stays.
-    assert not haproxy.install(HAPROXY, spec(tmp_path, cfg_text, addresses), config.Allowlist(), target)
+    assert not haproxy.install(HAPROXY, spec(cfg_text, addresses), map_files(config.Allowlist()), tmp_path)
     assert not list(tmp_path.glob("*.new")) and not list(tmp_path.glob("*.trial"))
 
 
 def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
-    from ai_server.errors import HaproxyConfigError
-    allow = config.parse_allowlist(config.default_text("allowlist.toml"))
     target = tmp_path / "haproxy.cfg"
     target.write_text("good")
-    (tmp_path / "allow-paths.map").write_text("old")
+    (tmp_path / maps.ALLOW_PATHS).write_text("old")
     with pytest.raises(HaproxyConfigError, match="haproxy -c rejected"):
-        haproxy.install("/bin/false", spec(tmp_path), allow, target)  # an `haproxy -c` that says no
-    assert target.read_text() == "good" and (tmp_path / "allow-paths.map").read_text() == "old"
+        haproxy.install("/bin/false", spec(), map_files(), tmp_path)  # an `haproxy -c` that says no
+    assert target.read_text() == "good" and (tmp_path / maps.ALLOW_PATHS).read_text() == "old"
     assert not list(tmp_path.glob("*.new")) and not list(tmp_path.glob("*.trial"))
     bogus = tmp_path / "bogus.cfg"
     bogus.write_text("frontend x\n    bind :1\n    bogus directive\n")
@@ -55,35 +61,58 @@ def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
         haproxy.check(HAPROXY, bogus)
 
 
-def test_config_holds_what_the_proxy_must_do(tmp_path: Path) -> None:
-    text = render(tmp_path, "[engine]\nport = 11500\n[proxy]\nport = 11434\n")
-    assert "map_reg(allow-paths.map,NONE)" in text and "default-path config" in text
-    assert "bind ipv4@127.0.0.2:11434" in text
+def test_config_holds_what_the_proxy_must_do() -> None:
+    text = render(spec("[engine]\nport = 11500\n[proxy]\nport = 11434\nmax_body_mb = 2\n"))
+    assert "map_reg(allow-paths.map) -m found" in text and "default-path config" in text
+    assert "bind ipv4@127.0.0.2:11434 proto h1" in text
     assert "http-request set-header Host 127.0.0.1:11500" in text
     assert "server engine 127.0.0.1:11500 check" in text
-    assert "option forwardfor" in text
+    assert "option forwardfor" in text and "http-request del-header Forwarded" in text
+    assert "http-request del-header Upgrade" in text and "http-request del-header X-Real-IP" in text
+    assert f"tune.bufsize {2 * 1024 * 1024 + 64 * 1024}" in text
+    assert "http-request wait-for-body" in text and "status 421" in text
     assert "0.0.0.0" not in text and "bind :" not in text
-    assert text.count("\n    #") > 15  # commented for a human reader
+    assert text.count("\n    #") > 20  # commented for a human reader
+
+
+def test_no_user_text_reaches_the_config() -> None:
+    """Paths are relative to the state dir (HAProxy runs there): a folder named with $, quotes
+    or spaces never meets HAProxy's parser, which expands $VAR even inside single quotes."""
+    import re
+    text = render(spec())
+    for word in ("/tmp", "/home", "/Users", "Application Support"):
+        assert word not in text, word
+    assert re.search(r"\$[A-Za-z_{(]", text) is None  # nothing HAProxy would take for a variable
+    assert "stats socket unix@haproxy.sock" in text and "log unix@haproxy-log.sock" in text
+
+
+def test_state_dir_with_dollars_quotes_and_spaces(tmp_path: Path) -> None:
+    # Short: unix socket paths are limited to ~104 bytes.
+    state = Path(tempfile.mkdtemp(prefix="ais-", dir="/tmp")) / "App Support $HOME 'q' \"d\"#x"
+    state.mkdir(parents=True)
+    assert haproxy.install(HAPROXY, spec(), map_files(), state)
+    assert (state / "haproxy.cfg").exists()
+
+
+def test_listen_addresses_are_rendered_as_parsed() -> None:
+    text = render(spec(addresses=("100.64.0.1", "fd7a:115c:a1e0::1")))
+    assert "bind ipv4@100.64.0.1:11434 proto h1" in text and "bind ipv6@fd7a:115c:a1e0::1:11434 proto h1" in text
+
+
+def test_host_forms() -> None:
+    forms = maps.host_forms(("100.64.0.1", "fd7a::1"), 11434, ("MyMac.tail1234.ts.net.",))
+    assert forms == ["100.64.0.1", "100.64.0.1:11434", "[fd7a::1]", "[fd7a::1]:11434", "mymac.tail1234.ts.net",
+                     "mymac.tail1234.ts.net:11434", "mymac.tail1234.ts.net.", "mymac.tail1234.ts.net.:11434"]
 
 
 def test_parse_access_log_line() -> None:
     line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine POST "
             "/v1/messages?beta=true")
-    fields = haproxy.parse_log(line)
+    fields = parse_log(line)
     assert fields == {
         "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200, "client": "100.64.0.7",
         "client_port": 51234, "bytes_out": 1532, "bytes_in": 301, "forwarded": True, "termination": "----",
         "t_request_ms": 0, "t_queue_ms": 0, "t_connect_ms": 1, "t_response_ms": 15, "t_total_ms": 2048}
-    assert haproxy.parse_log("Server engine/engine is DOWN") is None
-    weird = haproxy.parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <BADREQ> /a#20b")
+    assert parse_log("Server engine/engine is DOWN") is None
+    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <BADREQ> /a#20b")
     assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
-
-
-def test_state_dir_with_a_space_like_macos() -> None:
-    import tempfile
-    # Short: unix socket paths are limited to ~104 bytes.
-    state = Path(tempfile.mkdtemp(prefix="ais-", dir="/tmp")) / "Application Support" / "ai-server"
-    state.mkdir(parents=True)
-    allow = config.parse_allowlist(config.default_text("allowlist.toml"))
-    assert haproxy.install(HAPROXY, spec(state), allow, state / "haproxy.cfg")
-    assert f'stats socket "{state}/stats.sock"' in (state / "haproxy.cfg").read_text()

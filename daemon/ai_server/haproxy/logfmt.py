@@ -1,0 +1,49 @@
+"""HAProxy's access log, as the supervisor reads it: one line per request, sent as a datagram.
+
+Fixed, space-separated fields with the URI last, so nothing in it can shift the others;
+HAProxy escapes control bytes and spaces in a logged URI as #XX.
+"""
+
+from __future__ import annotations
+
+LOG_TAG = "ai-server-request"
+LOG_FORMAT = f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %HM %HU"
+_LOG_FIELDS = LOG_FORMAT.count(" ")
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_log(line: str) -> dict[str, object] | None:
+    """A `request` event's fields from one access-log line, or None for HAProxy's other notices."""
+    line = line.rstrip("\n")
+    if not line.startswith(LOG_TAG + " "):
+        return None
+    parts = line.split(" ", _LOG_FIELDS)
+    if len(parts) != _LOG_FIELDS + 1:
+        return None
+    _, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, method, uri = parts
+    path, _, query = uri.partition("?")
+    return {
+        "method": method,
+        "path": path,
+        "query": query or None,
+        "status": _number(status),
+        "client": client,
+        "client_port": _number(port),
+        "bytes_out": _number(bytes_out),
+        "bytes_in": _number(bytes_in),
+        "forwarded": backend == "engine",
+        "termination": term,
+        # Milliseconds, as HAProxy measures them: headers received, queue, connect to the
+        # engine, engine's first response byte, and the whole exchange. -1: did not happen.
+        "t_request_ms": _number(t_req),
+        "t_queue_ms": _number(t_queue),
+        "t_connect_ms": _number(t_connect),
+        "t_response_ms": _number(t_resp),
+        "t_total_ms": _number(t_active),
+    }

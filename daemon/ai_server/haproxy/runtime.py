@@ -1,0 +1,66 @@
+"""HAProxy's runtime API (its stats socket): maps replaced live, server stats read."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Iterable
+
+from ai_server.errors import HaproxyRuntimeError
+from ai_server.haproxy.maps import MapFile
+
+
+def command(stats_socket: Path, text: str, timeout: float = 5.0) -> str:
+    """One command (or several, joined by ';') and its answer. HaproxyRuntimeError when the
+    socket cannot be reached or goes quiet."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(stats_socket))
+            sock.sendall(text.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as err:
+        raise HaproxyRuntimeError(f"HAProxy's runtime API ({stats_socket.name}): {err.strerror or err}") from None
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def swap(stats_socket: Path, maps: Iterable[MapFile]) -> None:
+    """Each map's contents replaced atomically in the running worker (prepare/add/commit), in
+    the order given. Maps are named by their file name (HAProxy runs with default-path config)."""
+    for item in maps:
+        answer = command(stats_socket, f"prepare map {item.name}")
+        found = re.search(r"New version created: (\d+)", answer)
+        if not found:
+            raise HaproxyRuntimeError(f"prepare map {item.name}: {answer.strip()}")
+        version = found.group(1)
+        commands = [f"add map @{version} {item.name} {key} {value}" for key, value in item.entries]
+        commands.append(f"commit map @{version} {item.name}")
+        answer = command(stats_socket, ";".join(commands)).strip()
+        if answer:
+            raise HaproxyRuntimeError(f"updating {item.name}: {answer.splitlines()[0]}")
+
+
+def set_value(stats_socket: Path, name: str, key: str, value: str) -> None:
+    answer = command(stats_socket, f"set map {name} {key} {value}").strip()
+    if answer:
+        raise HaproxyRuntimeError(f"set map {name}: {answer}")
+
+
+def stats(stats_socket: Path) -> list[dict[str, str]]:
+    """`show stat`, one dict per row, by column name (pxname, svname, scur, qcur, status, ...)."""
+    text = command(stats_socket, "show stat")
+    lines = [l for l in text.splitlines() if l.strip()]
+    if not lines or not lines[0].startswith("# "):
+        raise HaproxyRuntimeError(f"show stat: {text.strip()[:200]}")
+    header = lines[0][2:].split(",")
+    return [dict(zip(header, line.split(","))) for line in lines[1:]]
+
+
+def server_stats(stats_socket: Path, backend: str = "engine", server: str = "engine") -> dict[str, str]:
+    for row in stats(stats_socket):
+        if row.get("pxname") == backend and row.get("svname") == server:
+            return row
+    raise HaproxyRuntimeError(f"show stat: no server {backend}/{server}")
