@@ -66,6 +66,8 @@ def main() -> int:
     args = parser.parse_args()
 
     stack = new_stack()
+    # Clients name the server by its MagicDNS name, which the Host check accepts.
+    stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\nserver_names = ["mymac.tail1234.ts.net"]\n'))
     nginx = None
     try:
         stack.start()

@@ -107,7 +107,8 @@ def test_a_stalled_body_holds_no_restart(make_stack) -> None:
     result = stack.cli("restart", "ollama")
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert took < 2 + 3, f"restart took {took:.1f}s with a stalled body open"
+    # It used to wait for the stalled body (31-61 s); now only for the engine to come back.
+    assert took < 2 + 5, f"restart took {took:.1f}s with a stalled body open"
     assert stalled.recv(100).startswith(b"HTTP/1.1 408")  # the proxy's answer, after request_timeout
     stalled.close()
     assert not [r for r in stack.engine_requests() if r["target"] == "/v1/chat/completions"]

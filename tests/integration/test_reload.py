@@ -232,5 +232,6 @@ def test_allowlist_applies_at_once_while_the_engine_drains(make_stack) -> None:
     assert streamed[-1] == "data: [DONE]" and len(streamed) == 102  # the drain protected it
     wait_for(lambda: stack.events("drained") and stack.child("ollama")["state"] == "RUNNING", 20, what="restarted")
     assert status_of(stack, "/api/ps") == 200
-    assert enforced < 1.0, f"enforced {enforced:.2f}s after the save"
+    # The defect was waiting for the drain (10 s here); the figure (0.1-0.2 s) is in the README.
+    assert enforced < 3.0, f"enforced {enforced:.2f}s after the save"
     print(f"\nallowlist enforced {enforced:.3f}s after the save, while the engine drained")
