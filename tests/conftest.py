@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Stack, dispose, new_stack  # noqa: E402
+from harness import Stack, Tailnet, dispose, new_stack  # noqa: E402
 
 
 @pytest.fixture
@@ -33,3 +33,11 @@ def stack(make_stack: Any) -> Stack:
     s = make_stack()
     s.start()
     return s
+
+
+@pytest.fixture
+def tailnet() -> Iterator[Tailnet]:
+    net = Tailnet()
+    net.destroy()
+    yield net
+    net.destroy()

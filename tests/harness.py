@@ -202,3 +202,90 @@ def llama_model() -> str:
     model = demo.installed_model()
     assert model is not None
     return model.stem
+
+
+# -- a tailnet in network namespaces (root only) -------------------------------------------
+
+HOST_ADDR, REMOTE_ADDR = "100.100.77.1", "100.100.77.2"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+class Tailnet:
+    """A "tailnet" on this machine: a veth pair, this side holding HOST_ADDR, the other side in
+    a network namespace (the remote devices) holding REMOTE_ADDR and any extra addresses."""
+
+    def __init__(self) -> None:
+        tag = str(os.getpid() % 100000)
+        self.ns, self.host_if, self.remote_if = f"ais{tag}", f"aish{tag}", f"aisr{tag}"
+
+    def create(self, with_address: bool = True, host_name: str | None = None, remote: tuple[str, ...] = ()) -> None:
+        self.host_if = host_name or self.host_if
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.remote_if)
+        sh("ip", "link", "set", self.remote_if, "netns", self.ns)
+        sh("ip", "link", "set", self.host_if, "up")
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
+        for address in (REMOTE_ADDR, *remote):
+            sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{address}/24", "dev", self.remote_if)
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.remote_if, "up")
+        if with_address:
+            self.add_address()
+
+    def add_address(self) -> None:
+        sh("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", self.host_if)
+
+    def remove_address(self) -> None:
+        sh("ip", "addr", "del", f"{HOST_ADDR}/24", "dev", self.host_if)
+
+    def remote(self, *curl_args: str) -> subprocess.CompletedProcess[str]:
+        """curl, run on the remote device."""
+        return sh("ip", "netns", "exec", self.ns, "curl", "-s", *curl_args, check=False)
+
+    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Any program, run on the remote device."""
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, timeout=timeout)
+
+    def destroy(self) -> None:
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "netns", "del", self.ns, check=False)
+
+
+def tailscale_cli(stack: Stack, running: bool = True) -> Path:
+    """The stand-in tailscale on the stack's PATH; its state folder (write tailscale.json there)."""
+    state = stack.root / "standin"
+    state.mkdir(exist_ok=True)
+    (stack.bin_dir / "tailscale").symlink_to(ROOT / "tests" / "fixtures" / "standin.py")
+    stack.env["STANDIN_STATE"] = str(state)
+    set_tailscale(state, [HOST_ADDR] if running else None)
+    return state
+
+
+def peer(address: str, host: str, user_id: int = 2, tags: list[str] | None = None) -> dict[str, Any]:
+    """One Peer entry as ipnstate.PeerStatus has it."""
+    entry: dict[str, Any] = {"ID": f"n-{host}", "PublicKey": f"nodekey:{host}", "HostName": host.replace("-", " ").title(),
+                             "DNSName": f"{host}.tail1234.ts.net.", "OS": "macOS", "UserID": user_id,
+                             "TailscaleIPs": [address], "Online": True, "Active": True}
+    if tags:
+        entry["Tags"] = tags
+    return entry
+
+
+USERS = {"1": {"ID": 1, "LoginName": "me@example.com", "DisplayName": "Me"},
+         "2": {"ID": 2, "LoginName": "alice@example.com", "DisplayName": "Alice"},
+         "3": {"ID": 3, "LoginName": "bob@example.com", "DisplayName": "Bob"}}
+
+
+def set_tailscale(state: Path, addresses: list[str] | None, backend: str = "Running",
+                  peers: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+    """What `tailscale status --json` says next: Running with `addresses` and `peers`, or
+    `backend` (None)."""
+    me = {"HostName": "My Mac", "DNSName": "mymac.tail1234.ts.net.", "UserID": 1, "TailscaleIPs": addresses or []}
+    status = {"BackendState": backend if addresses is not None else "Stopped", "TailscaleIPs": addresses,
+              "Self": me, "Peer": {p["PublicKey"]: p for p in peers}, "User": USERS,
+              "CertDomains": ["mymac.tail1234.ts.net"]}
+    temporary = state / "tailscale.json.tmp"
+    temporary.write_text(json.dumps(status))
+    temporary.replace(state / "tailscale.json")

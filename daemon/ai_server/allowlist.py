@@ -9,7 +9,6 @@ not agree with. The only flexibility is {model}, which stands for one model name
 from __future__ import annotations
 
 import re
-import stat
 from pathlib import Path
 
 import tomlkit
@@ -18,7 +17,7 @@ from tomlkit.items import AoT
 from ai_server.config import (MODEL_PLACEHOLDER, METHODS, Allowlist, Rule, check_rule_path, default_text,
                               is_management, parse_allowlist)
 from ai_server.errors import ConfigError
-from ai_server.files import atomic_write
+from ai_server.files import write_keeping_mode
 
 # One model name: `qwen2.5-coder:32b`, `hf.co/org/repo:Q4_K_M`, `registry:5000/ns/m:tag`.
 # Each segment starts with a letter, digit or _, so `.` and `..` can never be one. Written in
@@ -84,13 +83,7 @@ def _document(path: Path) -> tomlkit.TOMLDocument:
 def _write(path: Path, document: tomlkit.TOMLDocument) -> None:
     text = tomlkit.dumps(document)
     parse_allowlist(text, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    # Write then rename, as editors do: the watcher sees one complete file, never half of one.
-    atomic_write(path, text, mode)
+    write_keeping_mode(path, text)
 
 
 def add_rule(path: Path, rule_path: str, methods: list[str]) -> str:

@@ -142,11 +142,11 @@ def cmd_warm(paths: Paths, args: argparse.Namespace) -> int:
 def cmd_tail(paths: Paths, args: argparse.Namespace) -> int:
     pretty = sys.stdout.isatty()
     emit = (lambda line: print(logs.render(line), flush=True)) if pretty else (lambda line: print(line, flush=True))
-    for line in logs.last_lines(paths.log_file, args.lines, args.name):
+    for line in logs.last_lines(paths.log_file, args.lines, args.name, args.client):
         emit(line)
     if args.follow:
         try:
-            for line in logs.follow(paths.log_file, args.name):
+            for line in logs.follow(paths.log_file, args.name, args.client):
                 emit(line)
         except KeyboardInterrupt:
             pass
@@ -167,6 +167,33 @@ def cmd_allow(paths: Paths, args: argparse.Namespace) -> int:
         print(allowlist.add_rule(target, args.path, args.method))
     else:
         print(allowlist.remove_rule(target, args.path))
+    return EXIT_OK
+
+
+def cmd_clients(paths: Paths, args: argparse.Namespace) -> int:
+    from ai_server import clients
+
+    if args.clients_command == "token":
+        token = clients.mint(paths.config_dir / "clients.toml", args.name)
+        print(token)
+        print(f"client {args.name!r}: this token is shown once; clients.toml keeps only its SHA-256. Send it as "
+              "`Authorization: Bearer <token>` or `x-api-key: <token>`.", file=sys.stderr)
+        return EXIT_OK
+    answer = control.request(paths.control_socket, "clients")
+    rows = answer["clients"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = name_width([r["name"] for r in rows])
+    for row in rows:
+        ident, policy = row["identity"], row["policy"]
+        who = f"{ident['kind']}={ident['value']}" if ident["kind"] != "unknown" else f"[unknown] {ident['value']}"
+        limits = ", ".join(f"{k} {policy[k]}" for k in ("rpm", "concurrency") if policy[k]) or "no limits"
+        paths_text = "all paths" if policy["paths"] is None else f"{len(policy['paths'])} paths"
+        print(f"{row['name']:<{width}}{row['in_flight']} in flight, {row['last_minute']} in the last minute; "
+              f"{who}; {paths_text}; models {' '.join(policy['models'])}; {limits}; {policy['priority']}")
+        for peer in row["peers"]:
+            print(f"{'':<{width}}  {peer['device']} {' '.join(peer['addresses'])}")
     return EXIT_OK
 
 
@@ -268,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N")
     p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--client", metavar="WHO", help="only requests from this client (a clients.toml name, or unknown)")
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("allow", help="list or edit allowlist.toml")
@@ -279,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = allow.add_parser("remove")
     r.add_argument("path")
     p.set_defaults(func=cmd_allow)
+
+    p = sub.add_parser("clients", help="who is calling: identities, policies, load; `clients token NAME`")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_clients, clients_command=None)
+    tokens = p.add_subparsers(dest="clients_command", metavar="token")
+    t = tokens.add_parser("token", help="mint a token for NAME (shown once; stored hashed)")
+    t.add_argument("name", metavar="NAME")
 
     p = sub.add_parser("warm", help="load models into memory now")
     p.add_argument("models", nargs="+", metavar="MODEL")

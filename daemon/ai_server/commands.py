@@ -5,10 +5,13 @@ Each command is a small async generator of answers (progress lines, then one wit
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
-from ai_server.errors import AiServerError
+from ai_server.clients import UNKNOWN
+from ai_server.errors import AiServerError, HaproxyRuntimeError
+from ai_server.haproxy import runtime
 from ai_server.netaddr import host_port
 from ai_server.process import Child, Role
 from ai_server.states import State
@@ -24,7 +27,7 @@ class Commands:
         self.sup = supervisor
         self._table: dict[str, Callable[[dict[str, Any]], Answers]] = {
             "status": self.status, "start": self.start, "stop": self.stop, "restart": self.restart,
-            "reload": self.reload, "warm": self.warm,
+            "reload": self.reload, "warm": self.warm, "clients": self.clients,
         }
 
     async def handle(self, command: str, args: dict[str, Any]) -> Answers:
@@ -44,9 +47,7 @@ class Commands:
         sup = self.sup
         desired = sup.desired
         cfg = desired.config
-        waiting = None
-        if not desired.addresses:
-            waiting = f"waiting for a tailnet address: {desired.tailnet_problem or 'is Tailscale up?'}"
+        waiting = sup.proxy.waiting(desired) if cfg.proxy.enabled else None
         children = []
         for child in sup.children:
             snap = child.snapshot()
@@ -68,6 +69,10 @@ class Commands:
                 "rules": len(desired.allowlist.rules),
                 "loaded_at": sup.loaded_at,
                 "config_error": sup.config_error,
+                "tls": None if cfg.proxy.tls != "tailscale" else {
+                    "domain": getattr(sup.proxy.certificate, "domain", None),
+                    "not_after": getattr(sup.proxy.certificate, "not_after", None),
+                    "problem": sup.proxy.tls_problem},
             },
             "warm": sup.engine.warmer.status(),
             "supervisor": {"pid": os.getpid(), "mood": sup.mood.value},
@@ -115,6 +120,33 @@ class Commands:
 
     async def reload(self, args: dict[str, Any]) -> Answers:
         yield await self.sup.reload("requested by reload")
+
+    async def clients(self, args: dict[str, Any]) -> Answers:
+        """Each client: how it is identified, its policy, and its load now (HAProxy's table)."""
+        desired = self.sup.desired
+        try:
+            load = await asyncio.to_thread(runtime.table, self.sup.paths.haproxy_stats_socket, "clients")
+        except HaproxyRuntimeError:
+            load = {}
+        peers = {name: [] for name in [c.name for c in desired.clients.clients]}
+        for peer in desired.peers:
+            owner = desired.clients.owner(peer)
+            if owner is not None:
+                peers[owner].append({"device": peer.device or peer.host_name, "addresses": list(peer.addresses)})
+        rows = []
+        entries = [(c.name, c.kind, c.value, c.policy) for c in desired.clients.clients]
+        entries.append((UNKNOWN, "unknown", "allow" if desired.clients.unknown_allowed else "deny",
+                        desired.clients.defaults))
+        for name, kind, value, policy in entries:
+            live = load.get(name, {})
+            rows.append({
+                "name": name, "identity": {"kind": kind, "value": value[:12] + "..." if kind == "token_sha256" else value},
+                "peers": peers.get(name, []),
+                "policy": {"paths": None if policy.paths is None else list(policy.paths), "models": list(policy.models),
+                           "rpm": policy.rpm, "concurrency": policy.concurrency, "priority": policy.priority},
+                "in_flight": live.get("use", 0), "last_minute": live.get("http_req_rate", 0),
+            })
+        yield {"ok": True, "clients": rows}
 
     async def warm(self, args: dict[str, Any]) -> Answers:
         models = [str(m) for m in args.get("models") or []]

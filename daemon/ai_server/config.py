@@ -35,6 +35,7 @@ class ProxyConfig:
     enabled: bool = True
     listen: tuple[str, ...] = ("tailscale",)
     server_names: tuple[str, ...] = ()
+    tls: str = "off"
     port: int = 11434
     drain_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
@@ -184,13 +185,14 @@ def load_allowlist(config_dir: Path) -> Allowlist:
 class _Table:
     """Typed reads from one TOML table that remember which keys were used."""
 
-    def __init__(self, data: dict[str, Any], name: str, text: str, label: str):
-        self.data, self.name, self.text, self.label = data, name, text, label
+    def __init__(self, data: dict[str, Any], name: str, text: str, label: str, index: int | None = None):
+        self.data, self.name, self.text, self.label, self.index = data, name, text, label, index
         self.used: set[str] = set()
 
     def fail(self, key: str, message: str) -> ConfigError:
-        line = line_of(self.text, self.name, key)
-        return ConfigError(self.label, message, line=line, key=f"{self.name}.{key}")
+        line = line_of(self.text, self.name, key, self.index) or line_of(self.text, self.name, None, self.index)
+        where = self.name if self.index is None else f"{self.name}[{self.index}]"
+        return ConfigError(self.label, message, line=line, key=f"{where}.{key}")
 
     def get(self, key: str, default: Any, kind: type | tuple[type, ...], check: Callable[[Any], str | None] | None = None) -> Any:
         self.used.add(key)
@@ -292,6 +294,7 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         enabled=p.get("enabled", True, bool),
         listen=tuple(dict.fromkeys(a if a == "tailscale" else canonical(a) for a in listen)),
         server_names=tuple(dict.fromkeys(n.lower().rstrip(".") for n in p.get("server_names", [], list, _server_names))),
+        tls=p.get("tls", "off", str, lambda v: None if v in ("off", "tailscale") else 'must be "off" or "tailscale"'),
         port=p.get("port", 11434, int, _port),
         drain_timeout=float(p.get("drain_timeout", 10.0, number, _at_least_zero)),
         max_body_bytes=int(p.get("max_body_mb", 64, number,

@@ -36,6 +36,17 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
         raise
 
 
+def write_keeping_mode(path: Path, text: str, default_mode: int = 0o644) -> None:
+    """Replace a file a person edits, as editors do (write, then rename: a watcher sees one
+    whole file), keeping its permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = default_mode
+    atomic_write(path, text, mode)
+
+
 def private_dir(path: Path, what: str) -> Path:
     """Create `path` (0700) or accept it only if it is a real folder of ours that group and
     others cannot write. StateDirError (one line) otherwise."""

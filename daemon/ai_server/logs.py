@@ -80,7 +80,9 @@ def get(name: str = "ai_server") -> structlog.stdlib.BoundLogger:
 # Reading the log back: `ai-server tail`.
 
 
-def _matches(record: dict[str, Any], name: str | None) -> bool:
+def _matches(record: dict[str, Any], name: str | None, client: str | None = None) -> bool:
+    if client is not None and record.get("who") != client:
+        return False
     return name is None or record.get("process") == name
 
 
@@ -92,7 +94,7 @@ def _parse(line: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def last_lines(log_file: Path, count: int, name: str | None) -> list[str]:
+def last_lines(log_file: Path, count: int, name: str | None, client: str | None = None) -> list[str]:
     """The last `count` lines (of process `name`, if given), oldest first, across rotations."""
     found: deque[str] = deque(maxlen=count)
     if count <= 0:
@@ -104,14 +106,14 @@ def last_lines(log_file: Path, count: int, name: str | None) -> list[str]:
             with path.open(encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     record = _parse(line)
-                    if record is not None and _matches(record, name):
+                    if record is not None and _matches(record, name, client):
                         found.append(line.rstrip("\n"))
         except FileNotFoundError:
             continue
     return list(found)
 
 
-def follow(log_file: Path, name: str | None, poll: float = 0.2) -> Iterator[str]:
+def follow(log_file: Path, name: str | None, client: str | None = None, poll: float = 0.2) -> Iterator[str]:
     """New lines as they are written, surviving rotation. Runs until interrupted."""
     handle = None
     inode = None
@@ -127,7 +129,7 @@ def follow(log_file: Path, name: str | None, poll: float = 0.2) -> Iterator[str]
         line = handle.readline()
         if line.endswith("\n"):
             record = _parse(line)
-            if record is not None and _matches(record, name):
+            if record is not None and _matches(record, name, client):
                 yield line.rstrip("\n")
             continue
         try:
@@ -165,7 +167,7 @@ def render(line: str) -> str:
     if event == "state":
         return f"{head}{record.get('from')} -> {record.get('to')}: {record.get('reason', '')}"
     if event == "request":
-        return (f"{head}{record.get('client')} {record.get('method')} {record.get('path')} "
+        return (f"{head}{record.get('who', 'unknown')}@{record.get('client')} {record.get('method')} {record.get('path')} "
                 f"{record.get('status')} {record.get('t_total_ms')}ms {record.get('bytes_out')}B")
     rest = " ".join(f"{k}={v}" for k, v in record.items() if k not in _SKIP)
     return f"{head}{event} {rest}".rstrip()

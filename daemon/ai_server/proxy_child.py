@@ -7,7 +7,7 @@ import asyncio
 import signal
 from typing import Callable, Mapping
 
-from ai_server import haproxy, logs
+from ai_server import haproxy, logs, tailscale, tls
 from ai_server.haproxy import maps, runtime
 from ai_server.haproxy.maps import MapFile
 from ai_server.drain import Hold
@@ -32,6 +32,56 @@ class ProxyChild:
         self.hold = Hold(paths.haproxy_stats_socket, paths.state_dir, clock, self.log, self.running)
         self.child = Child("haproxy", Role.PROXY, self.spec, desired().config.restart, clock, on_transition, mood,
                            ready=self.listens, start_timeout=START_TIMEOUT, on_change=on_change)
+        self.certificate: tls.Certificate | None = None
+        self.tls_problem: str | None = None
+
+    def waiting(self, desired: Desired) -> str | None:
+        """Why the proxy cannot serve yet, or None."""
+        if not desired.addresses:
+            return f"waiting for a tailnet address: {desired.tailnet_problem or 'is Tailscale up?'}"
+        if desired.config.proxy.tls == "tailscale" and not self.tls_ready:
+            return f"waiting for an HTTPS certificate: {self.tls_problem or 'not asked for yet'}"
+        return None
+
+    @property
+    def tls_ready(self) -> bool:
+        return (self.paths.state_dir / tls.PEM).exists() and self.certificate is not None
+
+    def prepare_tls(self, desired: Desired) -> bool:
+        """Get or renew the certificate when proxy.tls = "tailscale". Blocking. True when the
+        certificate HAProxy should serve changed. A failure keeps the one it has."""
+        if desired.config.proxy.tls != "tailscale":
+            self.certificate, self.tls_problem = None, None
+            return False
+        program, domain = tailscale.cli(), desired.tls_domain
+        if program is None:
+            self.tls_problem = 'proxy.tls = "tailscale" needs the tailscale CLI'
+            return False
+        if domain is None:
+            self.tls_problem = "this machine has no MagicDNS name yet (is Tailscale up, with MagicDNS on?)"
+            return False
+        try:
+            self.certificate, changed = tls.obtain(program, domain, self.paths.state_dir)
+        except tls.TlsError as err:
+            self.tls_problem = str(err)
+            self.log.warning("tls_failed", process="haproxy", domain=domain, error=str(err))
+            return False
+        self.tls_problem = None
+        if changed:
+            self.log.info("tls_certificate", process="haproxy", domain=domain, not_after=self.certificate.not_after)
+        return changed
+
+    async def swap_certificate(self) -> None:
+        """The renewed certificate into the running proxy, without a reload."""
+        if self.child.state not in ALIVE:
+            return
+        pem = (self.paths.state_dir / tls.PEM).read_text(encoding="utf-8")
+        try:
+            await asyncio.to_thread(runtime.set_ssl_cert, self.paths.haproxy_stats_socket, tls.PEM, pem)
+            self.log.info("tls_swapped", process="haproxy")
+        except HaproxyRuntimeError as err:
+            self.log.warning("tls_swap_failed", process="haproxy", error=str(err), reason="reloading instead")
+            self.child.signal(signal.SIGUSR2)
 
     def running(self) -> bool:
         return self.child.state == State.RUNNING
@@ -60,14 +110,16 @@ class ProxyChild:
     def render_input(self, desired: Desired) -> haproxy.RenderInput:
         return haproxy.RenderInput(config=desired.config, addresses=desired.addresses,
                                    engine_health_path=engine_for(desired.config.engine.kind).health_path,
-                                   lua=self.hold.available)
+                                   lua=self.hold.available,
+                                   tls=desired.config.proxy.tls == "tailscale" and self.tls_ready)
 
     @staticmethod
     def maps(desired: Desired) -> list[MapFile]:
-        """What the running proxy decides from, in the order they are swapped in."""
+        """What the running proxy decides from, in the order they are swapped in: the
+        allowlist's routes before its paths, then Host names, then who may use what."""
         cfg = desired.config
-        names = [*desired.names, *cfg.proxy.server_names]
-        return [*maps.allowlist_maps(desired.allowlist), maps.hosts_map(desired.addresses, cfg.proxy.port, names)]
+        return maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
+                              desired.clients, desired.peers, cfg.engine.kind == "ollama")
 
     def install(self, desired: Desired) -> bool:
         """Write haproxy.cfg and the maps for `desired`, checked by `haproxy -c` first. Blocking.
@@ -78,7 +130,7 @@ class ProxyChild:
         self.child.lc.policy = self._desired().config.restart
 
     async def start(self, reason: str) -> None:
-        if not self._desired().addresses:
+        if self.waiting(self._desired()):
             return
         await self.child.start(reason)
 
@@ -87,8 +139,9 @@ class ProxyChild:
         if not self._desired().config.proxy.enabled or not (plan.proxy or plan.rules):
             return
         state = self.child.state
-        if not self._desired().addresses:
-            await self.child.stop("no address to listen on")
+        waiting = self.waiting(self._desired())
+        if waiting:
+            await self.child.stop(waiting)
         elif state not in ALIVE:
             # An address appeared, or a new config may mend a proxy that kept failing; one
             # stopped on request stays stopped.
@@ -108,7 +161,8 @@ class ProxyChild:
         desired = self._desired()
         try:
             await asyncio.to_thread(runtime.swap, self.paths.haproxy_stats_socket, self.maps(desired))
-            self.log.info("allowlist_swapped", process="haproxy", rules=len(desired.allowlist.rules))
+            self.log.info("maps_swapped", process="haproxy", rules=len(desired.allowlist.rules),
+                          clients=len(desired.clients.clients))
         except HaproxyRuntimeError as err:
-            self.log.warning("allowlist_swap_failed", process="haproxy", error=str(err), reason="reloading instead")
+            self.log.warning("maps_swap_failed", process="haproxy", error=str(err), reason="reloading instead")
             self.child.signal(signal.SIGUSR2)

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ai_server import clients as clients_mod
 from ai_server import config as config_mod
 from ai_server import tailnet
+from ai_server.clients import Clients
 from ai_server.config import Allowlist, Config
+from ai_server.tailscale import Peer
 from ai_server.errors import ConfigError
 
 
@@ -23,6 +26,14 @@ class Desired:
     addresses: tuple[str, ...] = ()
     names: tuple[str, ...] = ()          # this machine's MagicDNS names, for the Host check
     tailnet_problem: str | None = None   # why "tailscale" has no address, when it has none
+    clients: Clients = field(default_factory=Clients)
+    peers: tuple[Peer, ...] = ()         # the tailnet's other devices, for who is calling
+    cert_domains: tuple[str, ...] = ()   # what `tailscale cert` can certify
+
+    @property
+    def tls_domain(self) -> str | None:
+        """The name the proxy's certificate is for (proxy.tls = "tailscale")."""
+        return next(iter(self.cert_domains or self.names[:1]), None)
 
     @property
     def engine_bind(self) -> tuple[str, int] | None:
@@ -41,14 +52,16 @@ class Desired:
 class Plan:
     log: bool = False            # reconfigure log rotation
     policy: bool = False         # new restart policy or timeouts for the children
-    rules: bool = False          # new allowlist or Host names: swapped into the running proxy, no reload
+    rules: bool = False          # maps to swap into the running proxy (no reload): any of these
+    allowlist: bool = False      #   allowlist.toml changed
+    clients: bool = False        #   clients.toml or the tailnet's peers changed
     proxy: bool = False          # haproxy.cfg inputs changed: rewrite, then reload in place
     addresses: bool = False      # where the proxy listens changed (it may start or stop)
     engine: str | None = None    # why the engine restarts; None: it keeps running
 
     def changed(self) -> list[str]:
         names = [("log", self.log), ("engine", self.engine is not None), ("proxy", self.proxy),
-                 ("allowlist", self.rules)]
+                 ("allowlist", self.allowlist), ("clients", self.clients)]
         return [name for name, on in names if on]
 
 
@@ -57,15 +70,19 @@ def read(config_dir: Path) -> Desired:
     the event loop. ConfigError on a bad file."""
     cfg = config_mod.load(config_dir)
     allowlist = config_mod.load_allowlist(config_dir)
-    return with_tailnet(Desired(cfg, allowlist))
+    return with_tailnet(Desired(cfg, allowlist, clients=clients_mod.load(config_dir)))
 
 
 def with_tailnet(desired: Desired) -> Desired:
     """`desired` with the addresses it listens on now. Blocking."""
     listen = desired.config.proxy.listen
-    found = tailnet.detect() if "tailscale" in listen else tailnet.Detection()
+    # Read even when the proxy listens on explicit addresses: clients.toml may name peers, and
+    # HTTPS needs this machine's MagicDNS name.
+    wanted = "tailscale" in listen or desired.clients.clients or desired.config.proxy.tls == "tailscale"
+    found = tailnet.detect() if wanted else tailnet.Detection()
     return replace(desired, addresses=tailnet.resolve_listen(listen, found.addresses), names=found.names,
-                   tailnet_problem=found.problem if "tailscale" in listen else None)
+                   tailnet_problem=found.problem if "tailscale" in listen else None, peers=found.peers,
+                   cert_domains=found.cert_domains)
 
 
 def _how_it_runs(cfg: Config) -> tuple[object, ...]:
@@ -83,8 +100,9 @@ def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Pla
                           "(`ai-server install` again, or restart the service)", key="proxy.enabled")
     addresses = new.addresses != old.addresses
     names = new.names != old.names
+    who = new.clients != old.clients or new.peers != old.peers
     if n.proxy.enabled:
-        rules = new.allowlist != old.allowlist or names
+        rules = new.allowlist != old.allowlist or names or who
         proxy = (n.proxy != o.proxy or addresses or n.engine.port != o.engine.port
                  or n.engine.kind != o.engine.kind)
         engine_moves = False
@@ -97,5 +115,6 @@ def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Pla
         engine = "engine config changed"
     elif engine_moves:
         engine = "listen address changed"
-    return Plan(log=n.log != o.log, policy=n.restart != o.restart or n.engine.start_timeout != o.engine.start_timeout,
+    return Plan(allowlist=n.proxy.enabled and new.allowlist != old.allowlist, clients=n.proxy.enabled and who,
+                log=n.log != o.log, policy=n.restart != o.restart or n.engine.start_timeout != o.engine.start_timeout,
                 rules=rules, proxy=proxy, addresses=addresses, engine=engine)

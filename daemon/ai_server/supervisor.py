@@ -15,10 +15,11 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Mapping
 
-from ai_server import control, haproxy, logs, preflight, records, reload
+from ai_server import control, haproxy, logs, preflight, records, reload, tls
 from ai_server.haproxy.logfmt import parse_log
 from ai_server.commands import Commands
 from ai_server.engine_child import EngineChild
@@ -32,7 +33,7 @@ from ai_server.reload import Desired
 from ai_server.states import Mood, State
 
 TAILNET_POLL_S = 5.0
-CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml"})
+CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml", "clients.toml"})
 
 
 def _now_iso() -> str:
@@ -123,6 +124,7 @@ class Supervisor:
             self.proxy.hold.available = haproxy.has_lua(programs.haproxy)
             # A supervisor killed while holding requests leaves "hold 1" behind: start released.
             haproxy.set_hold_file(self.paths.state_dir, False)
+            await asyncio.to_thread(self.proxy.prepare_tls, self.desired)
             await asyncio.to_thread(self.proxy.install, self.desired)
         self.loaded_at = _now_iso()
 
@@ -162,7 +164,10 @@ class Supervisor:
                 plan = reload.plan(self.desired, new, self.paths.config_file.name)
                 programs = preflight.check(new, self.environ, running=self.desired)
                 cfg_changed = False
-                if plan.proxy or plan.rules:
+                had_tls = self.proxy.tls_ready
+                cert_changed = await asyncio.to_thread(self.proxy.prepare_tls, new)
+                tls_appeared = self.proxy.tls_ready != had_tls
+                if plan.proxy or plan.rules or tls_appeared:
                     cfg_changed = await asyncio.to_thread(self.proxy.install, new)
             except AiServerError as err:
                 self.config_error = str(err)
@@ -177,7 +182,11 @@ class Supervisor:
             if plan.policy:
                 self.engine.set_policy()
                 self.proxy.set_policy()
+            if tls_appeared:
+                plan = replace(plan, proxy=True)
             await self.proxy.apply(plan, cfg_changed)
+            if cert_changed and not cfg_changed:
+                await self.proxy.swap_certificate()
             if plan.engine is not None:
                 self.engine.request_restart(plan.engine)
             self.log.info("reloaded", trigger=why, changed=plan.changed(), rules=len(new.allowlist.rules))
@@ -210,14 +219,24 @@ class Supervisor:
         """Bind the tailnet address when it appears or changes; never fall back to anything else."""
         while True:
             await asyncio.sleep(TAILNET_POLL_S)
-            if "tailscale" not in self.desired.config.proxy.listen:
+            # The tailnet's peers matter as soon as clients.toml names one.
+            if "tailscale" not in self.desired.config.proxy.listen and not self.desired.clients.clients:
                 continue
             now = await asyncio.to_thread(reload.with_tailnet, self.desired)
-            if (now.addresses, now.names, now.tailnet_problem) != (self.desired.addresses, self.desired.names,
-                                                                    self.desired.tailnet_problem):
-                self.log.info("tailnet_changed", old=list(self.desired.addresses), new=list(now.addresses),
-                              names=list(now.names), problem=now.tailnet_problem)
+            old = self.desired
+            if (now.addresses, now.names, now.tailnet_problem, now.peers) != (
+                    old.addresses, old.names, old.tailnet_problem, old.peers):
+                self.log.info("tailnet_changed", old=list(old.addresses), new=list(now.addresses), names=list(now.names),
+                              problem=now.tailnet_problem, peers=len(now.peers))
                 await self._reload_guarded("tailnet changed")
+
+    async def _renew_tls(self) -> None:
+        """`tailscale cert` every 12 hours (it renews before expiry; a new one is swapped in), and
+        every minute while the proxy waits for its first one."""
+        while True:
+            await asyncio.sleep(tls.RENEW_EVERY_S if self.proxy.tls_ready else tls.RETRY_S)
+            if self.desired.config.proxy.tls == "tailscale":
+                await self._reload_guarded("certificate renewal")
 
     async def _open_log_socket(self) -> asyncio.DatagramTransport:
         path = self.paths.haproxy_log_socket

@@ -26,6 +26,8 @@ class Detection:
     addresses: tuple[str, ...] = ()
     names: tuple[str, ...] = ()          # MagicDNS names of this machine (full, first label)
     problem: str | None = None           # why there is no address
+    peers: tuple[tailscale.Peer, ...] = ()  # the other devices, for who is calling
+    cert_domains: tuple[str, ...] = ()
 
 
 def is_tailnet(address: str) -> bool:
@@ -72,12 +74,13 @@ def detect() -> Detection:
     except tailscale.Unavailable as err:
         return Detection((), (), str(err))
     if not status.running:
-        return Detection((), status.names, f"Tailscale is {status.state or 'not running'}")
+        return Detection((), status.names, f"Tailscale is {status.state or 'not running'}", status.peers,
+                         status.cert_domains)
     # Only what is really on an interface: binding anything else would fail.
     addresses = ordered(a for a in status.addresses if is_tailnet(a) and a in local)
     problem = None if addresses else (
         f"Tailscale reports {', '.join(status.addresses) or 'no address'}, not on any interface here yet")
-    return Detection(tuple(addresses), status.names, problem)
+    return Detection(tuple(addresses), status.names, problem, status.peers, status.cert_domains)
 
 
 def resolve_listen(listen: Sequence[str], tailnet: Sequence[str]) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ class Status:
     addresses: tuple[str, ...] = ()            # this machine's TailscaleIPs
     names: tuple[str, ...] = ()                # this machine's MagicDNS name and its first label
     peers: tuple[Peer, ...] = field(default=())
+    cert_domains: tuple[str, ...] = ()         # names `tailscale cert` can get a certificate for
 
 
 def _addresses(values: Any) -> tuple[str, ...]:
@@ -81,8 +82,9 @@ def parse(text: str) -> Status:
         tags = tuple(str(t) for t in (entry.get("Tags") or []) if isinstance(t, str))
         peers.append(Peer(_addresses(entry.get("TailscaleIPs")), str(entry.get("HostName") or ""),
                           _name(entry.get("DNSName")), users.get(str(entry.get("UserID")), ""), tags))
+    cert_domains = tuple(n for n in (_name(d) for d in data.get("CertDomains") or []) if n)
     return Status(state == "Running", state, _addresses(data.get("TailscaleIPs") or me.get("TailscaleIPs")),
-                  names, tuple(peers))
+                  names, tuple(peers), cert_domains)
 
 
 def cli() -> str | None:

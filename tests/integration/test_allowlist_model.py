@@ -41,6 +41,9 @@ rule = st.tuples(st.one_of(valid_path, valid_path, hostile_path),
                  st.lists(st.sampled_from(METHODS), min_size=1, max_size=3, unique=True))
 
 
+ALLOWED = parse_allowlist('[[allow]]\npath = "/v1/chat/completions"\nmethods = ["POST"]\n')
+
+
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[Stack]:
     stack = new_stack()
@@ -145,3 +148,33 @@ def test_405_lists_every_method_any_matching_rule_allows(proxy: Stack) -> None:
     assert " 405 " in head.splitlines()[0]
     assert "allow: get, post, put, delete" in head
     assert allowlist.allowed_methods(allow, "/v1/models/x") == ["GET", "POST", "PUT", "DELETE"]
+
+
+GLOBS = ["*", "smollm2:*", "qwen2.5-coder:*", "llama3", "hf.co/*", "a?c:1", "Qwen*", "m"]
+NAMES = ["smollm2:135m", "SmolLM2:135M", "qwen2.5-coder:32b", "llama3", "llama3:latest", "llama3:70b",
+         "hf.co/org/repo:Q4", "abc:1", "a-c:1", "m", "m:latest", "qwen", "bad name", "x/../y"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(globs=st.lists(st.sampled_from(GLOBS), min_size=1, max_size=3, unique=True), data=st.data())
+def test_haproxy_judges_models_as_the_model_does(proxy: Stack, globs: list[str], data: st.DataObject) -> None:
+    """The clients' model check against clients.model_allowed, for generated policies (the
+    [defaults] of callers that are not tailnet peers, as these are)."""
+    from ai_server import clients
+    policy = clients.Policy(models=tuple(globs))
+    swapped = clients.Clients(defaults=policy)
+    runtime.swap(proxy.state_dir / "haproxy.sock", [*maps.allowlist_maps(ALLOWED),
+                                                    *maps.client_maps(swapped, ALLOWED, (), ollama=True)])
+    for name in data.draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=4)):
+        body = '{"messages":[],"model":' + __import__("json").dumps(name) + "}"
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {PROXY_HOST}:{proxy.proxy_port}\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        with socket.create_connection((PROXY_HOST, proxy.proxy_port), timeout=5) as sock:
+            sock.sendall(head.encode() + body.encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        refused = status == 403 and b'"reason":"model"' in answer
+        allowed = clients.model_allowed(policy, name, ollama=True)
+        assert refused != allowed and status in (200, 403, 404), (globs, name, status, answer[-200:])

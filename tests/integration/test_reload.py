@@ -41,7 +41,7 @@ def test_saved_allowlist_is_enforced(stack: Stack) -> None:
     reloads = stack.events("reloaded")
     assert reloads and reloads[-1]["changed"] == ["allowlist"] and "allowlist.toml" in reloads[-1]["trigger"]
     # Swapped into the running worker: no reload, the same HAProxy, no connection closed.
-    assert len(stack.events("allowlist_swapped")) == 2 and not stack.events("proxy_reload")
+    assert len(stack.events("maps_swapped")) == 2 and not stack.events("proxy_reload")
     assert stack.child("haproxy")["pid"] == haproxy_pid
 
 
@@ -220,7 +220,7 @@ def test_allowlist_applies_at_once_while_the_engine_drains(make_stack) -> None:
     # Nothing reaches the engine while it drains, so a request held by the drain would wait:
     # the proxy's own verdict on a refused path tells when the new list is in force.
     save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
-    wait_for(lambda: any(e["rules"] == 9 for e in stack.events("allowlist_swapped")), 5, interval=0.02,
+    wait_for(lambda: any(e["rules"] == 9 for e in stack.events("maps_swapped")), 5, interval=0.02,
              what="new allowlist in force")
     enforced = time.monotonic() - saved
     assert httpx.post(stack.url("/api/pull"), json={}, timeout=5).status_code == 403

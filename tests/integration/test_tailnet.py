@@ -8,89 +8,18 @@ named tailscale0. Needs root (CI runs as root).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from harness import ROOT, Stack, wait_for
+from harness import HOST_ADDR, REMOTE_ADDR, Stack, Tailnet, set_tailscale, tailscale_cli, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 
-HOST_ADDR, REMOTE_ADDR = "100.100.77.1", "100.100.77.2"
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=check)
-
-
-class Tailnet:
-    def __init__(self) -> None:
-        tag = str(os.getpid() % 100000)
-        self.ns, self.host_if, self.remote_if = f"ais{tag}", f"aish{tag}", f"aisr{tag}"
-
-    def create(self, with_address: bool = True, host_name: str | None = None) -> None:
-        self.host_if = host_name or self.host_if
-        sh("ip", "netns", "add", self.ns)
-        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.remote_if)
-        sh("ip", "link", "set", self.remote_if, "netns", self.ns)
-        sh("ip", "link", "set", self.host_if, "up")
-        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
-        sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{REMOTE_ADDR}/24", "dev", self.remote_if)
-        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.remote_if, "up")
-        if with_address:
-            self.add_address()
-
-    def add_address(self) -> None:
-        sh("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", self.host_if)
-
-    def remove_address(self) -> None:
-        sh("ip", "addr", "del", f"{HOST_ADDR}/24", "dev", self.host_if)
-
-    def remote(self, *curl_args: str) -> subprocess.CompletedProcess[str]:
-        """curl, run on the remote device."""
-        return sh("ip", "netns", "exec", self.ns, "curl", "-s", *curl_args, check=False)
-
-    def destroy(self) -> None:
-        sh("ip", "link", "del", self.host_if, check=False)
-        sh("ip", "netns", "del", self.ns, check=False)
-
-
-@pytest.fixture
-def tailnet() -> Iterator[Tailnet]:
-    net = Tailnet()
-    net.destroy()
-    yield net
-    net.destroy()
-
-
 def tailscale_config(stack: Stack) -> str:
     return stack.default_config().replace('listen = ["127.0.0.2"]', 'listen = ["tailscale"]')
-
-
-def tailscale_cli(stack: Stack, running: bool = True) -> Path:
-    """The stand-in tailscale on the stack's PATH; its state folder (write tailscale.json there)."""
-    state = stack.root / "standin"
-    state.mkdir(exist_ok=True)
-    (stack.bin_dir / "tailscale").symlink_to(ROOT / "tests" / "fixtures" / "standin.py")
-    stack.env["STANDIN_STATE"] = str(state)
-    set_tailscale(state, [HOST_ADDR] if running else None)
-    return state
-
-
-def set_tailscale(state: Path, addresses: list[str] | None, backend: str = "Running") -> None:
-    """What `tailscale status --json` says next: Running with `addresses`, or `backend` (None)."""
-    me = {"HostName": "My Mac", "DNSName": "mymac.tail1234.ts.net.", "UserID": 1, "TailscaleIPs": addresses or []}
-    status = {"BackendState": backend if addresses is not None else "Stopped", "TailscaleIPs": addresses,
-              "Self": me, "Peer": {}, "User": {}}
-    temporary = state / "tailscale.json.tmp"
-    temporary.write_text(json.dumps(status))
-    temporary.replace(state / "tailscale.json")
 
 
 def remote_status(net: Tailnet, *args: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ai_server import config, haproxy
+from ai_server.clients import Clients
 from ai_server.errors import HaproxyConfigError
 from ai_server.haproxy import maps
 from ai_server.haproxy.logfmt import parse_log
@@ -24,7 +25,7 @@ def spec(cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> Ren
 
 def map_files(allow: config.Allowlist = DEFAULT, addresses: tuple[str, ...] = ("127.0.0.2",),
               names: tuple[str, ...] = ()) -> list[maps.MapFile]:
-    return [*maps.allowlist_maps(allow), maps.hosts_map(addresses, 11434, names)]
+    return maps.every_map(allow, addresses, 11434, names, Clients(), (), ollama=True)
 
 
 @pytest.mark.parametrize("cfg_text, allow_text, addresses", [
@@ -106,13 +107,24 @@ def test_host_forms() -> None:
 
 
 def test_parse_access_log_line() -> None:
-    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine POST "
+    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine laptop qwen2.5-coder:7b POST "
             "/v1/messages?beta=true")
     fields = parse_log(line)
     assert fields == {
         "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200, "client": "100.64.0.7",
+        "who": "laptop", "model": "qwen2.5-coder:7b",
         "client_port": 51234, "bytes_out": 1532, "bytes_in": 301, "forwarded": True, "termination": "----",
         "t_request_ms": 0, "t_queue_ms": 0, "t_connect_ms": 1, "t_response_ms": 15, "t_total_ms": 2048}
     assert parse_log("Server engine/engine is DOWN") is None
-    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <BADREQ> /a#20b")
+    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server - - <BADREQ> /a#20b")
     assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
+    assert weird["who"] == "unknown" and weird["model"] is None
+
+
+def test_every_map_is_referenced_by_the_config() -> None:
+    """A map the config does not name cannot be swapped live (the runtime API refuses it)."""
+    text = render(spec())
+    for item in map_files():
+        assert item.name in text or item.name == maps.MODEL_PATHS, item.name  # model-paths: read by the Lua
+    from ai_server.haproxy.lua import lua
+    assert maps.MODEL_PATHS in lua(1, True)

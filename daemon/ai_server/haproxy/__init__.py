@@ -15,7 +15,7 @@ from pathlib import Path
 from ai_server.errors import HaproxyConfigError
 from ai_server.files import atomic_write
 from ai_server.haproxy import maps
-from ai_server.haproxy.lua import HOLD_LUA, hold_lua
+from ai_server.haproxy.lua import LUA, lua
 from ai_server.haproxy.maps import MapFile
 from ai_server.haproxy.render import RenderInput, render
 
@@ -45,10 +45,11 @@ def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir
     """haproxy.cfg and the maps, checked together before any replaces what the proxy runs on.
     True when haproxy.cfg itself changed (a reload is needed); False when only the maps did
     (runtime.swap applies them live)."""
+    ollama = spec.config.engine.kind == "ollama"
     for item in map_files:
         atomic_write(state_dir / (item.name + TRIAL), item.text())
     if spec.lua:
-        atomic_write(state_dir / HOLD_LUA, hold_lua(spec.config.proxy.queue_timeout, maps.HOLD))
+        atomic_write(state_dir / (LUA + TRIAL), lua(spec.config.proxy.queue_timeout, ollama, TRIAL))
         if not (state_dir / maps.HOLD).exists():
             atomic_write(state_dir / maps.HOLD, maps.hold_map(False).text())
     trial = state_dir / (CONFIG + ".trial")
@@ -61,8 +62,11 @@ def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir
         raise
     finally:
         trial.unlink(missing_ok=True)
+        (state_dir / (LUA + TRIAL)).unlink(missing_ok=True)
     for item in map_files:
         os.replace(state_dir / (item.name + TRIAL), state_dir / item.name)
+    if spec.lua:
+        atomic_write(state_dir / LUA, lua(spec.config.proxy.queue_timeout, ollama))
     text = render(spec)
     target = state_dir / CONFIG
     try:

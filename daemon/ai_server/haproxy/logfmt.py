@@ -7,7 +7,8 @@ HAProxy escapes control bytes and spaces in a logged URI as #XX.
 from __future__ import annotations
 
 LOG_TAG = "ai-server-request"
-LOG_FORMAT = f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %HM %HU"
+# who (the client) and the model are our variables: validated names, never free text.
+LOG_FORMAT = f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %[var(txn.client)] %[var(txn.model)] %HM %HU"
 _LOG_FIELDS = LOG_FORMAT.count(" ")
 
 
@@ -26,7 +27,8 @@ def parse_log(line: str) -> dict[str, object] | None:
     parts = line.split(" ", _LOG_FIELDS)
     if len(parts) != _LOG_FIELDS + 1:
         return None
-    _, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, method, uri = parts
+    (_, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, who,
+     model, method, uri) = parts
     path, _, query = uri.partition("?")
     return {
         "method": method,
@@ -34,6 +36,8 @@ def parse_log(line: str) -> dict[str, object] | None:
         "query": query or None,
         "status": _number(status),
         "client": client,
+        "who": who if who != "-" else "unknown",
+        "model": model if model != "-" else None,
         "client_port": _number(port),
         "bytes_out": _number(bytes_out),
         "bytes_in": _number(bytes_in),

@@ -14,12 +14,24 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ai_server.allowlist import path_regex
-from ai_server.config import METHODS, Allowlist
+from ai_server.clients import UNKNOWN, Clients, Policy, normalize_glob
+from ai_server.config import METHODS, MODEL_PLACEHOLDER, Allowlist
+from ai_server.tailscale import Peer
 
 ALLOW_PATHS = "allow-paths.map"
 ALLOW_ROUTES = "allow-routes.map"
 HOSTS = "hosts.map"
 HOLD = "hold.map"
+MODEL_PATHS = "model-paths.map"
+TOKENS = "tokens.map"
+PEERS = "peers.map"
+CLIENT_FLAGS = "client-flags.map"
+CLIENT_ROUTES = "client-routes.map"
+CLIENT_MODELS = "client-models.map"
+CLIENT_RPM = "client-rpm.map"
+CLIENT_RETRY = "client-retry.map"
+CLIENT_CONCURRENCY = "client-concurrency.map"
+CLIENT_PRIORITY = "client-priority.map"
 
 _SAFE = re.compile(r"[\x21-\x7e]+")
 
@@ -90,4 +102,60 @@ def hold_map(on: bool) -> MapFile:
     return make(HOLD, "hold requests while the engine restarts", [("hold", "1" if on else "0")])
 
 
-METHOD_ORDER = METHODS  # the order of the Allow header in a 405
+def model_paths_map(allowlist: Allowlist) -> MapFile:
+    """The {model} rules as prefix|suffix pairs, one value: the Lua reads the model from a path
+    by these (a map cannot be listed, so they travel as one entry)."""
+    pairs = [rule.path.partition(MODEL_PLACEHOLDER) for rule in allowlist.rules if MODEL_PLACEHOLDER in rule.path]
+    value = ",".join(f"{before}|{after}" for before, _, after in pairs) or "-"
+    return make(MODEL_PATHS, "{model} rules as prefix|suffix, for the Lua", [("rules", value)])
+
+
+def glob_regex(glob: str) -> str:
+    """A model glob (model-name characters, * and ?) as an ERE over lower-cased names."""
+    out = []
+    for ch in glob.lower():
+        out.append({"*": ".*", "?": ".", ".": "[.]"}.get(ch, ch))
+    return "".join(out)
+
+
+def client_maps(clients: Clients, allowlist: Allowlist, peers: Iterable[Peer], ollama: bool) -> list[MapFile]:
+    """clients.toml and the tailnet's peers, as the maps the proxy's identity and policy rules
+    read. Every client and "unknown" has a row in each per-client map."""
+    named = [(c.name, c.policy) for c in clients.clients] + [(UNKNOWN, clients.defaults)]
+
+    def flags(name: str, policy: Policy) -> str:
+        letters = ("p" if policy.paths is not None else "") + ("m" if not policy.any_model else "")
+        letters += "d" if name == UNKNOWN and not clients.unknown_allowed else ""
+        return letters or "-"
+
+    routes = []
+    for name, policy in named:
+        for path in policy.paths or ():
+            methods = sorted({m for r in allowlist.rules if r.path == path for m in r.methods}, key=METHODS.index)
+            if methods:
+                routes.append((f"^{name}@({'|'.join(methods)})@{path_regex(path)[1:]}", "1"))
+    models = [(f"^{name}@{glob_regex(normalize_glob(glob, ollama))}$", "1")
+              for name, policy in named if not policy.any_model for glob in policy.models]
+    # Retry-After for a client over its rpm: about when the window has room again.
+    retry = [(name, str(max(1, -(-60 // policy.rpm)) if policy.rpm else 60)) for name, policy in named]
+    return [
+        make(TOKENS, "SHA-256 of a token -> client", clients.tokens().items()),
+        make(PEERS, "tailnet peer address -> client", clients.peer_table(peers).items()),
+        make(CLIENT_FLAGS, "client -> p: paths restricted, m: models restricted, d: denied",
+             [(name, flags(name, policy)) for name, policy in named]),
+        make(CLIENT_ROUTES, "client@METHOD@path regexes a client may use", routes),
+        make(CLIENT_MODELS, "client@model-glob regexes a client may use", models),
+        make(CLIENT_RPM, "client -> requests per minute (0: unlimited)", [(n, str(p.rpm)) for n, p in named]),
+        make(CLIENT_RETRY, "client -> Retry-After seconds when over its rpm", retry),
+        make(CLIENT_CONCURRENCY, "client -> requests in flight at once (0: unlimited)",
+             [(n, str(p.concurrency)) for n, p in named]),
+        make(CLIENT_PRIORITY, "client -> priority class", [(n, p.priority) for n, p in named]),
+    ]
+
+
+def every_map(allowlist: Allowlist, addresses: Iterable[str], port: int, names: Iterable[str], clients: Clients,
+              peers: Iterable[Peer], ollama: bool) -> list[MapFile]:
+    """Every map haproxy.cfg reads, in the order they are swapped in: the allowlist's routes
+    before its paths, then Host names, then who may use what."""
+    return [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
+            *client_maps(clients, allowlist, peers, ollama)]

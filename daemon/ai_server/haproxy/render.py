@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from ai_server.config import METHODS, Config
 from ai_server.haproxy import maps
 from ai_server.haproxy.logfmt import LOG_FORMAT
-from ai_server.haproxy.lua import HOLD_LUA
+from ai_server.haproxy.lua import LUA
 from ai_server.netaddr import parse_ip
 
 # Where the supervisor finds them too (paths.Paths): relative here, HAProxy runs in the state dir.
 STATS_SOCKET = "haproxy.sock"
 LOG_SOCKET = "haproxy-log.sock"
+TLS_PEM = "tls.pem"
 # Room above the largest body for the request line and headers (HAProxy keeps both in one buffer).
 HEADROOM = 64 * 1024
 MAX_URL = 8 * 1024
@@ -26,6 +27,8 @@ MAX_HEADERS = 64 * 1024
 # Requests that could change the model store: refused here whatever the maps say.
 MANAGEMENT_PATHS = "/api/pull /api/push /api/create /api/copy /api/delete"
 MANAGEMENT_PREFIX = "/api/blobs/"
+TAILNET_RANGES = "100.64.0.0/10 fd7a:115c:a1e0::/48"
+TOKEN_PATTERN = "ais_[A-Za-z0-9_-]{43}"
 # Headers the engine might trust or act on, which only the proxy may set: the client's own
 # are dropped. Upgrade (and Connection, which can name it) would switch the connection to
 # another protocol past every check.
@@ -44,6 +47,8 @@ class RenderInput:
     lua: bool = True
     # Appended to map file names: ".new" in the trial config `haproxy -c` checks before a swap.
     map_suffix: str = ""
+    # HTTPS with tls.pem (the MagicDNS certificate, proxy.tls = "tailscale").
+    tls: bool = False
 
 
 def bind_address(address: str, port: int) -> str:
@@ -56,8 +61,15 @@ def ms(seconds: float) -> str:
 
 
 def _json(status: int, message: str) -> str:
-    # Our own fixed messages only; nothing a client sent is echoed.
+    # Our own fixed messages only; nothing a client sent is echoed. (No ' in them: it would end
+    # HAProxy's quoted string.)
     return f"content-type application/json string '{{\"error\":\"{message}\",\"status\":{status}}}'"
+
+
+def _refusal(status: int, reason: str, message: str) -> str:
+    """A JSON refusal naming the client (validated names only: [A-Za-z0-9._-])."""
+    return (f"content-type application/json lf-string '{{\"error\":\"{message}\",\"client\":\"%[var(txn.client)]\","
+            f"\"reason\":\"{reason}\",\"status\":{status}}}'")
 
 
 def render(spec: RenderInput) -> str:
@@ -91,8 +103,9 @@ def _global(spec: RenderInput) -> list[str]:
         f"    tune.bufsize {proxy.max_body_bytes + HEADROOM}",
     ]
     if spec.lua:
-        lines += [f"    # While the engine restarts, requests wait here ({HOLD_LUA}, {maps.HOLD}).",
-                  f"    lua-load {HOLD_LUA}"]
+        lines += ["    # Holding requests while the engine restarts, and reading the model a request names.",
+                  "    # One Lua state per thread: a long body read on one thread never waits for another's.",
+                  f"    lua-load-per-thread {LUA}{spec.map_suffix}"]
     return lines
 
 
@@ -129,7 +142,11 @@ def _frontend(spec: RenderInput) -> list[str]:
         "    # HTTP/1.1 only: an HTTP/2 client (prior knowledge) would bring requests without",
         "    # Content-Length past the body rules below. Every SDK speaks HTTP/1.1.",
     ]
-    lines += [f"    bind {bind_address(a, proxy.port)} proto h1" for a in spec.addresses]
+    tls = ""
+    if spec.tls:
+        lines.append("    # HTTPS with this machine's MagicDNS certificate (tailscale cert), swapped in live on renewal.")
+        tls = f" ssl crt {TLS_PEM} alpn http/1.1"
+    lines += [f"    bind {bind_address(a, proxy.port)}{tls} proto h1" for a in spec.addresses]
     lines += [f'    log-format "{LOG_FORMAT}"' if proxy.access_log else "    no log", ""]
     lines += [
         "    # Only origin-form targets (/path). Absolute-form (http://host/path), authority-form",
@@ -161,6 +178,7 @@ def _frontend(spec: RenderInput) -> list[str]:
         "    # gets 408 after proxy.request_timeout and never reaches the engine.",
         f"    http-request wait-for-body time {ms(proxy.request_timeout)} at-least {proxy.max_body_bytes}",
         "",
+        *_identity(spec),
         "    # Model management is never forwarded, whatever the allowlist says.",
         f"    http-request return status 403 {_json(403, 'forbidden: model management is not on the ai-server allowlist')} "
         f"if {{ path {MANAGEMENT_PATHS} }} or {{ path_beg {MANAGEMENT_PREFIX} }}",
@@ -171,7 +189,8 @@ def _frontend(spec: RenderInput) -> list[str]:
         "    # A request is forwarded when any rule allows its method on its path.",
         "    http-request set-var(txn.path) path",
         f"    acl path_known var(txn.path),map_reg({maps.ALLOW_PATHS}{m}) -m found",
-        f"    acl route_ok method,concat(@,txn.path),map_reg({maps.ALLOW_ROUTES}{m}) -m found",
+        "    http-request set-var(txn.route) method,concat(@,txn.path)",
+        f"    acl route_ok var(txn.route),map_reg({maps.ALLOW_ROUTES}{m}) -m found",
         f"    http-request return status 403 {_json(403, 'forbidden: this endpoint is not on the ai-server allowlist')} "
         "unless path_known",
         "    # A named path with a method no rule allows on it: 405, with every method that is.",
@@ -185,6 +204,7 @@ def _frontend(spec: RenderInput) -> list[str]:
         "lf-string '{\"error\":\"method not allowed: use %[var(txn.allow),bytes(6)]\",\"status\":405}' "
         "hdr Allow \"%[var(txn.allow),bytes(6)]\" unless route_ok",
         "",
+        *_policy(spec),
     ]
     if spec.lua:
         lines += [
@@ -193,8 +213,11 @@ def _frontend(spec: RenderInput) -> list[str]:
             f"    http-request lua.ai_server_hold if {{ str(hold),map({maps.HOLD},0) -m str 1 }}",
             "",
         ]
-    lines.append("    # Headers only the proxy may set (option forwardfor adds X-Forwarded-For).")
+    lines.append("    # Headers only the proxy may set (option forwardfor adds X-Forwarded-For), and the")
+    lines.append("    # client's ai-server token, which is the proxy's business only.")
     lines += [f"    http-request del-header {header}" for header in DROPPED_HEADERS]
+    lines += ["    http-request del-header Authorization if { var(txn.token) -m found }",
+              "    http-request del-header X-Api-Key if { var(txn.key) -m found }"]
     engine_addr = f"127.0.0.1:{spec.config.engine.port}"
     lines += [
         "    # The engine sees its own loopback name: Ollama refuses a Host it does not consider",
@@ -205,9 +228,89 @@ def _frontend(spec: RenderInput) -> list[str]:
     return lines
 
 
+def _identity(spec: RenderInput) -> list[str]:
+    m = spec.map_suffix
+    return [
+        "    # Who is calling (clients.toml): a token, else the tailnet peer the connection comes",
+        "    # from, else \"unknown\". A token is `ais_` and 43 more characters, in Authorization:",
+        "    # Bearer or x-api-key; anything else there (the dummy keys SDKs insist on) is no token.",
+        "    # A header that tries to be one and is not a known token gets 401, never the device's",
+        f"    # policy. {maps.TOKENS}: SHA-256 -> client; {maps.PEERS}: peer address -> client.",
+        "    http-request deny deny_status 400 if { req.hdr_cnt(authorization) gt 1 } or { req.hdr_cnt(x-api-key) gt 1 }",
+        "    acl token_attempt req.hdr(authorization) -m sub ais_",
+        "    acl token_attempt req.hdr(x-api-key) -m sub ais_",
+        f"    http-request set-var(txn.token) req.hdr(authorization),bytes(7) "
+        f"if {{ req.hdr(authorization) -m reg -i '^bearer {TOKEN_PATTERN}$' }}",
+        f"    http-request set-var(txn.key) req.hdr(x-api-key) if {{ req.hdr(x-api-key) -m reg '^{TOKEN_PATTERN}$' }}",
+        "    http-request set-var(txn.token) var(txn.key) if !{ var(txn.token) -m found } { var(txn.key) -m found }",
+        f"    http-request set-var(txn.client) var(txn.token),sha2(256),hex,lower,map_str({maps.TOKENS}{m}) "
+        "if { var(txn.token) -m found }",
+        f"    http-request return status 401 {_json(401, 'unknown or malformed ai-server token')} hdr WWW-Authenticate Bearer "
+        "if token_attempt !{ var(txn.client) -m found }",
+        f"    http-request return status 401 {_json(401, 'two different ai-server tokens')} hdr WWW-Authenticate Bearer "
+        "if { var(txn.key) -m found } !{ var(txn.key),strcmp(txn.token) eq 0 }",
+        "    # A peer address counts only on a tailnet listener.",
+        f"    http-request set-var(txn.client) src,map_ip({maps.PEERS}{m}) "
+        f"if !{{ var(txn.client) -m found }} {{ dst -m ip {TAILNET_RANGES} }}",
+        "    http-request set-var(txn.client) str(unknown) if !{ var(txn.client) -m found }",
+        f"    http-request set-var(txn.flags) var(txn.client),map_str({maps.CLIENT_FLAGS}{m},-)",
+        f"    http-request return status 403 {_refusal(403, 'unknown', 'this device is not a client ([unknown] policy = deny)')} "
+        "if { var(txn.flags) -m sub d }",
+        "",
+    ]
+
+
+def _policy(spec: RenderInput) -> list[str]:
+    m = spec.map_suffix
+    lines = [
+        "    # The client's own policy, within the allowlist: its paths, its models, its rate and",
+        "    # how many requests it may have in flight (clients.toml, swapped in live).",
+        f"    http-request return status 403 {_refusal(403, 'path', 'this path is not allowed for this client')} "
+        f"if {{ var(txn.flags) -m sub p }} !{{ var(txn.client),concat(@,txn.route),map_reg({maps.CLIENT_ROUTES}{m}) -m found }}",
+    ]
+    if spec.lua:
+        lines += [
+            "    # The model, as the engine will read it: a {model} path segment and the body's",
+            "    # top-level model/name keys (ai_server.lua). Two different names: 400.",
+            "    http-request lua.ai_server_model",
+            f"    http-request return status 400 {_refusal(400, 'model', 'the request names two different models')} "
+            "if { var(txn.model_ambiguous) -m found }",
+            "    acl model_restricted var(txn.flags) -m sub m",
+            f"    acl model_ok var(txn.client),concat(@,txn.model),map_reg({maps.CLIENT_MODELS}{m}) -m found",
+            f"    http-request return status 403 {_refusal(403, 'model', 'this model is not allowed for this client')} "
+            "if model_restricted { var(txn.model) -m found } !model_ok",
+            f"    http-request return status 403 {_refusal(403, 'model', 'this client may only use some models, and the request names none it can be judged by')} "
+            "if model_restricted !{ var(txn.model) -m found } { req.body_size gt 0 }",
+        ]
+    else:
+        lines += [
+            "    # No Lua in this HAProxy: the model cannot be read, so a client whose models are",
+            "    # restricted is refused rather than let through unchecked.",
+            f"    http-request return status 403 {_refusal(403, 'model', 'model policy needs an HAProxy with Lua')} "
+            "if { var(txn.flags) -m sub m }",
+        ]
+    lines += [
+        f"    http-request set-var(txn.priority) var(txn.client),map_str({maps.CLIENT_PRIORITY}{m},normal)",
+        "    http-request track-sc0 var(txn.client) table clients",
+        f"    http-request set-var(txn.rpm) var(txn.client),map_str({maps.CLIENT_RPM}{m},0)",
+        f"    http-request return status 429 {_refusal(429, 'rpm', 'over the requests per minute this client may make')} "
+        f"hdr Retry-After \"%[var(txn.client),map_str({maps.CLIENT_RETRY}{m},60)]\" "
+        "if { var(txn.rpm) -m int gt 0 } { sc_http_req_rate(0),sub(txn.rpm) -m int gt 0 }",
+        f"    http-request set-var(txn.concurrency) var(txn.client),map_str({maps.CLIENT_CONCURRENCY}{m},0)",
+        f"    http-request return status 429 {_refusal(429, 'concurrency', 'this client has as many requests in flight as it may')} "
+        "hdr Retry-After 1 if { var(txn.concurrency) -m int gt 0 } { sc0_trackers,sub(txn.concurrency) -m int gt 0 }",
+        "",
+    ]
+    return lines
+
+
 def _backends(spec: RenderInput) -> list[str]:
     engine_addr = f"127.0.0.1:{spec.config.engine.port}"
     return [
+        "backend clients",
+        "    # Per client: requests in the last minute (rpm) and streams tracking it (in flight).",
+        "    stick-table type string len 64 size 10k expire 10m store http_req_rate(60s)",
+        "",
         "backend engine",
         "    option httpchk",
         f"    http-check send meth GET uri {spec.engine_health_path} ver HTTP/1.1 hdr Host {engine_addr}",

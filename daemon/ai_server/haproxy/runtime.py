@@ -64,3 +64,27 @@ def server_stats(stats_socket: Path, backend: str = "engine", server: str = "eng
         if row.get("pxname") == backend and row.get("svname") == server:
             return row
     raise HaproxyRuntimeError(f"show stat: no server {backend}/{server}")
+
+
+def table(stats_socket: Path, name: str) -> dict[str, dict[str, int]]:
+    """`show table NAME`: key -> {"use": streams tracking it, "http_req_rate": ...}."""
+    rows: dict[str, dict[str, int]] = {}
+    for line in command(stats_socket, f"show table {name}").splitlines():
+        found = re.search(r"key=(\S+)\s+use=(\d+)", line)
+        if not found:
+            continue
+        row = {"use": int(found.group(2))}
+        for counter, value in re.findall(r"(\w+)\(\d+\)=(\d+)", line):
+            row[counter] = int(value)
+        rows[found.group(1)] = row
+    return rows
+
+
+def set_ssl_cert(stats_socket: Path, name: str, pem: str) -> None:
+    """Replace the certificate HAProxy serves from file `name`, in the running process."""
+    answer = command(stats_socket, f"set ssl cert {name} <<\n{pem.strip()}\n")
+    if "Transaction" not in answer and "Success" not in answer:
+        raise HaproxyRuntimeError(f"set ssl cert {name}: {answer.strip()[:200]}")
+    answer = command(stats_socket, f"commit ssl cert {name}")
+    if "Success" not in answer:
+        raise HaproxyRuntimeError(f"commit ssl cert {name}: {answer.strip()[:200]}")

@@ -99,7 +99,7 @@ class Installer:
 
     def _config_files(self, proxy: bool) -> list[Action]:
         actions: list[Action] = []
-        for name in ("ai-server.toml", "allowlist.toml"):
+        for name in ("ai-server.toml", "allowlist.toml", "clients.toml"):
             target = self.paths.config_dir / name
             if target.exists():
                 self.notes.append(f"kept your {target}")

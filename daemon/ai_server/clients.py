@@ -1,0 +1,274 @@
+"""clients.toml: who may use what, within allowlist.toml. No database: identities come from the
+tailnet (`tailscale status --json`) or from a token whose SHA-256 alone is stored.
+
+    [defaults]   models, rpm, concurrency, priority       what every client gets unless it says otherwise
+    [unknown]    policy = "allow" | "deny"                 tailnet peers that match no [[client]]
+    [[client]]   name; device | user | tag | token_sha256; paths, models, rpm, concurrency, priority
+
+A peer address belongs to the most specific entry that matches it: a device, then a user, then
+a tag; between two entries of one kind, the first in the file. A token wins over all of them,
+from any device. This module is pure: parsing, and the peer address -> client name table.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import tomlkit
+
+from ai_server.config import _Table, check_rule_path, default_text, parse_toml, read_text
+from ai_server.errors import ConfigError
+from ai_server.files import write_keeping_mode
+from ai_server.tailscale import Peer
+from ai_server.tomlpos import line_of
+
+PRIORITIES = ("interactive", "normal", "batch")
+KINDS = ("token_sha256", "device", "user", "tag")   # precedence, most specific first
+UNKNOWN = "unknown"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+TOKEN_PREFIX = "ais_"
+TOKEN = re.compile(r"ais_[A-Za-z0-9_-]{43}")
+# A model glob: model-name characters and * ? as wildcards.
+GLOB = re.compile(r"[A-Za-z0-9._:/*?-]{1,256}")
+_DEVICE = re.compile(r"[^\x00-\x1f\x7f]{1,253}")
+_USER = re.compile(r"[^\s\x00-\x1f\x7f]{1,320}")
+_TAG = re.compile(r"tag:[A-Za-z0-9-]{1,100}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    models: tuple[str, ...] = ("*",)
+    rpm: int = 0               # requests per minute; 0: unlimited
+    concurrency: int = 0       # requests in flight at once; 0: unlimited
+    priority: str = "normal"
+    paths: tuple[str, ...] | None = None   # None: every allowlist.toml path
+
+    @property
+    def any_model(self) -> bool:
+        return "*" in self.models
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    kind: str                  # token_sha256 | device | user | tag
+    value: str
+    policy: Policy
+    line: int | None = None
+
+    def identifies(self, peer: Peer) -> bool:
+        if self.kind == "device":
+            wanted = self.value.lower()
+            return wanted in (peer.host_name.lower(), peer.device.lower()) and wanted != ""
+        if self.kind == "user":
+            return peer.user != "" and peer.user.lower() == self.value.lower()
+        if self.kind == "tag":
+            return self.value in peer.tags
+        return False
+
+
+@dataclass(frozen=True)
+class Clients:
+    defaults: Policy = field(default_factory=Policy)
+    unknown_allowed: bool = True
+    clients: tuple[Client, ...] = ()
+
+    @property
+    def unknown(self) -> Policy:
+        return self.defaults
+
+    def named(self, name: str) -> Client | None:
+        return next((c for c in self.clients if c.name == name), None)
+
+    def policy_of(self, name: str) -> Policy:
+        client = self.named(name)
+        return client.policy if client is not None else self.defaults
+
+    def owner(self, peer: Peer) -> str | None:
+        """The client a tailnet peer is: device, then user, then tag; the first of each kind."""
+        for kind in ("device", "user", "tag"):
+            for client in self.clients:
+                if client.kind == kind and client.identifies(peer):
+                    return client.name
+        return None
+
+    def peer_table(self, peers: Iterable[Peer]) -> dict[str, str]:
+        """Peer address -> client name, for every peer some [[client]] identifies."""
+        table: dict[str, str] = {}
+        for peer in peers:
+            name = self.owner(peer)
+            if name is not None:
+                for address in peer.addresses:
+                    table.setdefault(address, name)
+        return table
+
+    def tokens(self) -> dict[str, str]:
+        return {c.value: c.name for c in self.clients if c.kind == "token_sha256"}
+
+
+def normalize_model(name: str, ollama: bool) -> str | None:
+    """A model name as the proxy compares it (the Lua does the same): lower case, Ollama's
+    implicit ":latest" added; None when it is not a model name at all."""
+    name = name.lower()
+    if not name or len(name) > 256 or not re.fullmatch(r"[a-z0-9._:/-]+", name):
+        return None
+    if ollama and ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name
+
+
+def normalize_glob(glob: str, ollama: bool) -> str:
+    """A glob as its models are named: lower case, and a plain name gets ":latest" like them."""
+    glob = glob.lower()
+    last = glob.rsplit("/", 1)[-1]
+    if ollama and ":" not in last and "*" not in glob and "?" not in glob:
+        glob += ":latest"
+    return glob
+
+
+def model_allowed(policy: Policy, model: str, ollama: bool) -> bool:
+    """The Python model of the proxy's model check."""
+    if policy.any_model:
+        return True
+    name = normalize_model(model, ollama)
+    return name is not None and any(fnmatch.fnmatchcase(name, normalize_glob(g, ollama)) for g in policy.models)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def _policy(t: _Table, base: Policy, allow_paths: bool) -> Policy:
+    def globs(value: list[Any]) -> str | None:
+        for item in value:
+            if not isinstance(item, str) or not GLOB.fullmatch(item):
+                return f"{item!r} is not a model name or glob (letters, digits, . _ : / - and * ?)"
+        return None
+
+    def paths(value: list[Any]) -> str | None:
+        for item in value:
+            if not isinstance(item, str):
+                return f"{item!r} is not a path"
+            problem = check_rule_path(item)
+            if problem:
+                return f"{item!r} {problem}"
+        return None
+
+    def count(value: int) -> str | None:
+        return None if value >= 0 else "must be 0 (unlimited) or more"
+
+    return Policy(
+        models=tuple(t.get("models", list(base.models), list, globs)),
+        rpm=t.get("rpm", base.rpm, int, count),
+        concurrency=t.get("concurrency", base.concurrency, int, count),
+        priority=t.get("priority", base.priority, str,
+                       lambda v: None if v in PRIORITIES else f"{v!r} is not one of {', '.join(PRIORITIES)}"),
+        paths=tuple(t.get("paths", [], list, paths)) if allow_paths and "paths" in t.data else base.paths,
+    )
+
+
+def parse(text: str, label: str = "clients.toml") -> Clients:
+    data = parse_toml(text, label)
+    for name, value in data.items():
+        if name not in ("defaults", "unknown", "client"):
+            raise ConfigError(label, "unknown table; clients.toml has [defaults], [unknown] and [[client]]",
+                              line=line_of(text, name) or line_of(text, None, name), key=name)
+    for name in ("defaults", "unknown"):
+        if name in data and not isinstance(data[name], dict):
+            raise ConfigError(label, "must be a table", line=line_of(text, None, name), key=name)
+    d = _Table(data.get("defaults", {}), "defaults", text, label)
+    defaults = _policy(d, Policy(), allow_paths=False)
+    d.finish()
+    u = _Table(data.get("unknown", {}), "unknown", text, label)
+    unknown = u.get("policy", "allow", str, lambda v: None if v in ("allow", "deny") else 'must be "allow" or "deny"')
+    u.finish()
+    entries = data.get("client", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(label, "must be [[client]] tables", line=line_of(text, "client") or line_of(text, None, "client"),
+                          key="client")
+    clients: list[Client] = []
+    for index, entry in enumerate(entries):
+        t = _Table(entry, "client", text, label, index)
+        here = line_of(text, "client", None, index)
+        fail = t.fail
+
+        name = t.get("name", None, str, lambda v: None if NAME.fullmatch(v) and v != UNKNOWN else
+                     "must be 1-64 letters, digits, . _ - (and not \"unknown\")")
+        if name is None:
+            raise fail("name", "missing: every client has a name (shown in logs, status, metrics)")
+        if any(c.name == name for c in clients):
+            raise fail("name", f"{name!r} is already a client (line {next(c.line for c in clients if c.name == name)})")
+        kinds = [k for k in KINDS if k in entry]
+        if len(kinds) != 1:
+            raise fail(kinds[1] if len(kinds) > 1 else "name",
+                       "needs exactly one of device, user, tag or token_sha256")
+        kind = kinds[0]
+        check = {"token_sha256": lambda v: None if _SHA256.fullmatch(v) else "must be 64 lower-case hex digits "
+                                                                                "(`ai-server clients token NAME` writes it)",
+                 "device": lambda v: None if _DEVICE.fullmatch(v) else "must be a device's name",
+                 "user": lambda v: None if _USER.fullmatch(v) else "must be a login name, e.g. alice@example.com",
+                 "tag": lambda v: None if _TAG.fullmatch(v) else 'must look like "tag:ci"'}[kind]
+        value = t.get(kind, "", str, check)
+        policy = _policy(t, defaults, allow_paths=True)
+        t.finish()
+        clients.append(Client(name, kind, value, policy, here))
+    return Clients(defaults, unknown == "allow", tuple(clients))
+
+
+def load(config_dir: Path) -> Clients:
+    text, label = read_text(config_dir / "clients.toml")
+    return parse(text, label)
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def mint(path: Path, name: str) -> str:
+    """A new token for client `name`: its hash written into clients.toml (comments kept), the
+    token returned, to be shown once. A token client gets a new token; a client identified
+    otherwise is refused (a token is an identity of its own)."""
+    if not NAME.fullmatch(name) or name == UNKNOWN:
+        raise ConfigError(str(path), f"{name!r} is not a client name (1-64 letters, digits, . _ -)", key="name")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = default_text("clients.toml")
+    parse(text, str(path))  # refuse to edit a file that is already broken
+    document = tomlkit.parse(text)
+    token = new_token()
+    entries = document.get("client")
+    if entries is None:
+        entries = tomlkit.aot()
+        document["client"] = entries
+    for entry in entries:
+        if entry.get("name") == name:
+            if "token_sha256" not in entry:
+                kind = next(k for k in KINDS if k in entry)
+                raise ConfigError(str(path), f"client {name!r} is identified by {kind}; a token is an identity of "
+                                  f"its own: give it another name, e.g. `ai-server clients token {name}-token`",
+                                  key="name")
+            entry["token_sha256"] = token_hash(token)
+            break
+    else:
+        entry = tomlkit.table()
+        entry["name"] = name
+        entry["token_sha256"] = token_hash(token)
+        entries.append(entry)
+    new_text = tomlkit.dumps(document)
+    parse(new_text, str(path))
+    write_keeping_mode(path, new_text, 0o600)
+    return token

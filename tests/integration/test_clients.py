@@ -1,0 +1,306 @@
+"""Who is calling: identities from the tailnet (a stand-in tailscale CLI reporting peers whose
+addresses live in a network namespace) and from tokens; per-client policy in clients.toml,
+enforced by the real HAProxy and applied live."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from ai_server import clients as clients_mod
+from harness import HOST_ADDR, Stack, Tailnet, peer, set_tailscale, tailscale_cli, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
+
+LAPTOP, CI, PHONE, STRANGER = "100.100.77.2", "100.100.77.3", "100.100.77.4", "100.100.77.5"
+PEERS = [peer(LAPTOP, "alices-macbook", 2), peer(CI, "ci-box", 3, ["tag:ci"]), peer(PHONE, "alices-phone", 2),
+         peer(STRANGER, "bobs-pc", 3)]
+CLIENTS = """
+[defaults]
+models = ["*"]
+
+[unknown]
+policy = "deny"
+
+[[client]]
+name = "laptop"
+device = "alices-macbook"
+paths = ["/v1/chat/completions", "/v1/models"]
+models = ["smollm2:*"]
+priority = "interactive"
+
+[[client]]
+name = "alice"
+user = "alice@example.com"
+rpm = 3
+
+[[client]]
+name = "ci"
+tag = "tag:ci"
+models = ["smollm2:135m"]
+rpm = 100
+concurrency = 1
+priority = "batch"
+"""
+CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Net:
+    def __init__(self, stack: Stack, tailnet: Tailnet, state: Path):
+        self.stack, self.tailnet, self.state = stack, tailnet, state
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST_ADDR}:{self.stack.proxy_port}"
+
+    def call(self, source: str, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        """curl from a peer's address: (status, headers, body)."""
+        args = ["--interface", source, "-X", method, "-D", "-", "--max-time", "20"]
+        for key, value in (headers or {}).items():
+            args += ["-H", f"{key}: {value}"]
+        if body is not None:
+            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+            file = self.stack.root / f"body-{time.monotonic_ns()}.json"
+            file.write_bytes(data.encode() if isinstance(data, str) else data)
+            args += ["-H", "Content-Type: application/json", "--data-binary", f"@{file}"]
+        out = self.tailnet.remote(*args, self.base + path).stdout  # text mode: CRLF read as LF
+        head, _, text = out.partition("\n\n")
+        while head.startswith("HTTP/1.1 100"):  # curl's Expect: 100-continue for a large body
+            head, _, text = text.partition("\n\n")
+        lines = head.split("\n")
+        status = int(lines[0].split(" ")[1]) if lines and lines[0].startswith("HTTP/") else 0
+        fields = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        return status, fields, text
+
+    def who(self, path: str) -> list[str]:
+        return [e["who"] for e in self.stack.events("request", path=path)]
+
+
+@pytest.fixture
+def net(tailnet: Tailnet, make_stack: Any) -> Iterator[Net]:
+    tailnet.create(remote=(CI, PHONE, STRANGER))
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "20"})
+    state = tailscale_cli(stack)
+    set_tailscale(state, [HOST_ADDR], peers=PEERS)
+    stack.write_config(stack.default_config().replace('listen = ["127.0.0.2"]', 'listen = ["tailscale"]'))
+    (stack.config_dir / "clients.toml").write_text(CLIENTS)
+    stack.start()
+    yield Net(stack, tailnet, state)
+
+
+def test_each_device_is_the_client_its_most_specific_entry_names(net: Net) -> None:
+    for source, expected in ((LAPTOP, "laptop"), (PHONE, "alice"), (CI, "ci")):
+        status, _, _ = net.call(source, "GET", "/v1/models")
+        assert status == 200, source
+    wait_for(lambda: len(net.who("/v1/models")) == 3, 10, what="three request events")
+    # alices-macbook is also alice@example.com's: the device entry wins over the user entry.
+    assert net.who("/v1/models") == ["laptop", "alice", "ci"]
+    status, _, text = net.call(STRANGER, "GET", "/v1/models")  # bob, no entry: [unknown] deny
+    assert status == 403 and json.loads(text) == {"error": "this device is not a client ([unknown] policy = deny)",
+                                                  "client": "unknown", "reason": "unknown", "status": 403}
+    assert [r for r in net.stack.engine_requests() if r["target"] == "/v1/models"].__len__() == 3
+
+
+def test_tokens_identify_from_any_device_and_never_fall_back(net: Net) -> None:
+    minted = net.stack.cli("clients", "token", "script")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert clients_mod.TOKEN.fullmatch(token) and "shown once" in minted.stderr
+    stored = (net.stack.config_dir / "clients.toml").read_text()
+    assert token not in stored and clients_mod.token_hash(token) in stored
+    wait_for(lambda: net.call(STRANGER, "GET", "/v1/models", headers={"Authorization": f"Bearer {token}"})[0] == 200,
+             5, what="the token in force")
+    assert net.call(STRANGER, "GET", "/v1/models", headers={"x-api-key": token})[0] == 200
+    assert net.who("/v1/models")[-1] == "script"
+    engine_saw = [dict((k.lower(), v) for k, v in r["headers"]) for r in net.stack.engine_requests()
+                  if r["target"] == "/v1/models"]
+    assert all("authorization" not in h and "x-api-key" not in h for h in engine_saw)  # the proxy's business only
+    # A token that is not one: 401 from the laptop too, never the laptop's own policy.
+    for headers in ({"Authorization": "Bearer ais_" + "A" * 43}, {"Authorization": "Bearer ais_short"},
+                    {"x-api-key": "ais_" + "B" * 43}, {"Authorization": f"Bearer  {token}"},
+                    {"Authorization": f"Bearer {token}", "x-api-key": "ais_" + "C" * 43}):
+        status, fields, text = net.call(LAPTOP, "GET", "/v1/models", headers=headers)
+        assert status == 401 and fields.get("www-authenticate") == "Bearer", headers
+        assert json.loads(text)["status"] == 401
+    # The dummy keys SDKs insist on are no token: the device decides.
+    assert net.call(LAPTOP, "GET", "/v1/models", headers={"Authorization": "Bearer sk-not-a-key"})[0] == 200
+    assert net.who("/v1/models")[-1] == "laptop"
+    # Rotating: the old token stops working.
+    again = net.stack.cli("clients", "token", "script").stdout.strip()
+    wait_for(lambda: net.call(STRANGER, "GET", "/v1/models", headers={"Authorization": f"Bearer {token}"})[0] == 401,
+             5, what="the old token refused")
+    assert net.call(STRANGER, "GET", "/v1/models", headers={"Authorization": f"Bearer {again}"})[0] == 200
+    refused = net.stack.cli("clients", "token", "laptop")
+    assert refused.returncode == 1 and "identified by device" in refused.stderr
+
+
+def test_paths_and_models_per_client(net: Net) -> None:
+    status, _, text = net.call(LAPTOP, "GET", "/api/tags")
+    assert status == 403 and json.loads(text)["reason"] == "path" and json.loads(text)["client"] == "laptop"
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", CHAT)[0] == 200
+    status, _, text = net.call(LAPTOP, "POST", "/v1/chat/completions", {**CHAT, "model": "qwen2.5-coder:32b"})
+    assert status == 403 and json.loads(text) == {"error": "this model is not allowed for this client",
+                                                  "client": "laptop", "reason": "model", "status": 403}
+    assert net.call(CI, "POST", "/v1/chat/completions", {**CHAT, "model": "smollm2:360m"})[0] == 403
+    assert net.call(PHONE, "GET", "/api/tags")[0] == 200  # alice: every path, every model
+    # Judged on what the engine reads: a second, differently cased key; an escaped key; a
+    # model only nested inside a message.
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", '{"model":"smollm2:135m","MODEL":"qwen:7b","messages":[]}')[0] == 400
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", '{"messages":[],"mod\\u0065l":"qwen:7b"}')[0] == 403
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "model": "qwen"}]})[0] == 403
+    before = [r for r in net.stack.engine_requests() if r["target"] == "/v1/chat/completions"]
+    assert all(json.loads(r["body"]).get("model", "").startswith("smollm2") for r in before)
+
+
+def test_the_model_check_holds_for_a_2_mib_body_with_the_model_last(net: Net) -> None:
+    """The OpenAI SDK sends messages before model: the whole body must be read."""
+    big = "word " * (2 * 1024 * 1024 // 5)
+    for model, expected in (("qwen2.5-coder:32b", 403), ("smollm2:135m", 200)):
+        body = '{"messages":[{"role":"user","content":"' + big + '"}],"model":"' + model + '"}'
+        assert len(body) > 2 * 1024 * 1024
+        status, _, text = net.call(LAPTOP, "POST", "/v1/chat/completions", body)
+        assert status == expected, text[:200]
+    script = f"""
+import httpx, openai
+client = openai.OpenAI(base_url="{net.base}/v1", api_key="x", max_retries=0,
+                       http_client=httpx.Client(transport=httpx.HTTPTransport(local_address="{LAPTOP}")))
+big = "word " * (2 * 1024 * 1024 // 5)
+reply = client.chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": big}}])
+print("allowed", reply.choices[0].message.content)
+try:
+    client.chat.completions.create(model="qwen2.5-coder:32b", messages=[{{"role": "user", "content": big}}])
+except openai.PermissionDeniedError as err:
+    answer = err.response.json()
+    print("refused", answer["reason"], answer["client"])
+"""
+    result = net.tailnet.run(sys.executable, "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert "allowed Hello" in result.stdout and "refused model laptop" in result.stdout
+
+
+def test_rpm_and_concurrency_get_429_with_retry_after(net: Net) -> None:
+    statuses = [net.call(PHONE, "GET", "/v1/models") for _ in range(4)]  # alice: rpm 3
+    assert [s for s, _, _ in statuses] == [200, 200, 200, 429]
+    _, fields, text = statuses[-1]
+    assert fields["retry-after"] == "20" and json.loads(text) == {
+        "error": "over the requests per minute this client may make", "client": "alice", "reason": "rpm", "status": 429}
+    stream: dict[str, int] = {}
+    slow = threading.Thread(target=lambda: stream.update(status=net.call(CI, "POST", "/v1/chat/completions",
+                                                                         {**CHAT, "stream": True})[0]))
+    slow.start()  # ci: concurrency 1, and this stream takes a second
+    wait_for(lambda: any(r["target"] == "/v1/chat/completions" for r in net.stack.engine_requests()), 10, what="stream")
+    status, fields, text = net.call(CI, "GET", "/v1/models")
+    assert status == 429 and fields["retry-after"] == "1" and json.loads(text)["reason"] == "concurrency"
+    slow.join(20)
+    assert stream["status"] == 200
+    assert net.call(CI, "GET", "/v1/models")[0] == 200
+
+
+def test_policy_changes_apply_live_and_a_broken_file_keeps_the_last_good_one(net: Net) -> None:
+    haproxy_pid = net.stack.child("haproxy")["pid"]
+    streamed: dict[str, Any] = {}
+    slow = threading.Thread(target=lambda: streamed.update(result=net.call(LAPTOP, "POST", "/v1/chat/completions",
+                                                                           {**CHAT, "stream": True})))
+    slow.start()
+    wait_for(lambda: any(r["target"] == "/v1/chat/completions" for r in net.stack.engine_requests()), 10, what="stream")
+    clients_file = net.stack.config_dir / "clients.toml"
+    temporary = clients_file.with_name(".clients.tmp")
+    temporary.write_text(CLIENTS.replace('policy = "deny"', 'policy = "allow"'))
+    temporary.replace(clients_file)
+    saved = time.monotonic()
+    wait_for(lambda: net.call(STRANGER, "GET", "/v1/models")[0] == 200, 5, interval=0.02, what="unknown allowed")
+    enforced = time.monotonic() - saved
+    slow.join(20)
+    status, _, body = streamed["result"]
+    assert status == 200 and body.rstrip().endswith("data: [DONE]")  # the stream in flight was not cut
+    assert net.stack.child("haproxy")["pid"] == haproxy_pid and not net.stack.events("proxy_reload")
+    assert net.stack.events("maps_swapped") and not net.stack.events("maps_swap_failed")
+    # A peer that changes (bob's PC tagged tag:ci) is the new client within 10 s.
+    set_tailscale(net.state, [HOST_ADDR], peers=[*PEERS[:3], peer(STRANGER, "bobs-pc", 3, ["tag:ci"])])
+    changed = time.monotonic()
+    wait_for(lambda: net.call(STRANGER, "POST", "/v1/chat/completions", {**CHAT, "model": "other:1b"})[0] == 403,
+             12, interval=0.2, what="bob's PC is ci now")
+    peer_delay = time.monotonic() - changed
+    # A broken file: the last good policy stays, and status says where.
+    clients_file.write_text(CLIENTS + '\n[[client]]\nname = "x"\ndevice = "d"\nrpm = -1\n')
+    error = wait_for(lambda: net.stack.status()["proxy"]["config_error"], 10, what="config error")
+    assert "clients.toml:" in error and "client[3].rpm" in error and "must be 0 (unlimited) or more" in error
+    assert net.call(STRANGER, "GET", "/v1/models")[0] == 200
+    print(f"\nclients.toml enforced {enforced:.2f}s after the save; a peer change in {peer_delay:.1f}s")
+
+
+def test_clients_command_and_tail_by_client(net: Net) -> None:
+    stream: dict[str, int] = {}
+    slow = threading.Thread(target=lambda: stream.update(status=net.call(CI, "POST", "/v1/chat/completions",
+                                                                         {**CHAT, "stream": True})[0]))
+    slow.start()
+    wait_for(lambda: any(r["target"] == "/v1/chat/completions" for r in net.stack.engine_requests()), 10, what="stream")
+    net.call(LAPTOP, "GET", "/v1/models")
+    rows = {r["name"]: r for r in json.loads(net.stack.cli("clients", "--json").stdout)}
+    assert set(rows) == {"laptop", "alice", "ci", "unknown"}
+    assert rows["ci"]["in_flight"] == 1 and rows["ci"]["policy"]["concurrency"] == 1
+    assert rows["laptop"]["last_minute"] == 1 and rows["laptop"]["identity"] == {"kind": "device", "value": "alices-macbook"}
+    assert rows["laptop"]["peers"] == [{"device": "alices-macbook", "addresses": [LAPTOP]}]
+    assert rows["unknown"]["identity"] == {"kind": "unknown", "value": "deny"}
+    human = net.stack.cli("clients").stdout
+    assert "1 in flight" in human and "device=alices-macbook" in human
+    slow.join(20)
+    wait_for(lambda: net.stack.events("request", path="/v1/models"), 10, what="logged")
+    lines = [json.loads(l) for l in net.stack.cli("tail", "-n", "100", "--client", "laptop").stdout.splitlines()]
+    assert lines and all(l["who"] == "laptop" for l in lines)
+    chat = [e for e in net.stack.events("request", path="/v1/chat/completions") if e["who"] == "ci"]
+    assert chat and chat[-1]["model"] == "smollm2:135m"
+
+
+def test_https_with_the_magicdns_certificate_renewed_live(make_stack: Any) -> None:
+    """proxy.tls = "tailscale": the stand-in CLI writes a self-signed certificate, as
+    `tailscale cert` writes a real one; a renewed certificate is served without a reload."""
+    from harness import PROXY_HOST
+    stack = make_stack()
+    state = tailscale_cli(stack)
+    set_tailscale(state, ["100.100.77.1"])  # not on an interface here: only the names matter
+    stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
+    stack.start()
+    name = "mymac.tail1234.ts.net"
+
+    def fetch() -> tuple[int, str]:
+        result = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{ssl_verify_result}", "-k",
+                                 "--resolve", f"{name}:{stack.proxy_port}:{PROXY_HOST}", "-v",
+                                 f"https://{name}:{stack.proxy_port}/api/tags"], capture_output=True, text=True)
+        expires = next((l.split("expire date:", 1)[1].strip() for l in result.stderr.splitlines() if "expire date:" in l), "")
+        return int(result.stdout.split()[0] or 0), expires
+
+    status, first = fetch()
+    assert status == 200 and first
+    plain = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{PROXY_HOST}:{stack.proxy_port}/api/tags"],
+                           capture_output=True, text=True)
+    assert plain.stdout in ("000", "400")  # HTTPS only: no plain HTTP beside it
+    tls = stack.status()["proxy"]["tls"]
+    assert tls["domain"] == name and tls["not_after"] and tls["problem"] is None
+    haproxy_pid = stack.child("haproxy")["pid"]
+    (state / "cert-days").write_text("30")
+    assert stack.cli("reload").returncode == 0  # the 12-hourly renewal, now
+    status, second = wait_for(lambda: (r := fetch()) and r[1] != first and r, 10, what="the renewed certificate")
+    assert status == 200 and stack.child("haproxy")["pid"] == haproxy_pid and stack.events("tls_swapped")
+
+
+def test_https_without_a_certificate_waits_and_never_serves_plain_http(make_stack: Any) -> None:
+    stack = make_stack()
+    state = tailscale_cli(stack)
+    set_tailscale(state, ["100.100.77.1"])
+    (state / "cert.fail").write_text("500 Internal Server Error: your Tailscale account does not support getting TLS certs")
+    stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
+    stack.start(wait=False)
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    assert data["proxy"]["waiting"].startswith("waiting for an HTTPS certificate") and "does not support" in data["proxy"]["waiting"]
+    assert next(c for c in data["children"] if c["name"] == "haproxy")["state"] == "STOPPED"
