@@ -67,11 +67,11 @@ def test_a_planted_symlink_is_replaced_not_written_through(make_stack) -> None:
     stack = make_stack()
     victim = stack.root / "victim"
     victim.write_text("precious\n")
-    for name in ("haproxy.cfg", "children.json", "hold.lua", "allow-routes.map"):
+    for name in ("haproxy.cfg", "children.json", "ai_server.lua", "allow-routes.map"):
         (stack.state_dir / name).symlink_to(victim)
     stack.start()
     assert victim.read_text() == "precious\n"
-    for name in ("haproxy.cfg", "children.json", "hold.lua", "allow-routes.map"):
+    for name in ("haproxy.cfg", "children.json", "ai_server.lua", "allow-routes.map"):
         assert not (stack.state_dir / name).is_symlink(), name
 
 
