@@ -8,6 +8,7 @@ not agree with. The only flexibility is {model}, which stands for one model name
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -39,8 +40,13 @@ def path_regex(path: str) -> str:
     return "^" + _literal(before) + MODEL_REGEX + _literal(after) + "$"
 
 
+@functools.lru_cache(maxsize=512)
+def _compiled(rule_path: str) -> re.Pattern[str]:
+    return re.compile(path_regex(rule_path)[1:-1])
+
+
 def matches(rule: Rule, path: str) -> bool:
-    return re.fullmatch(path_regex(rule.path)[1:-1], path) is not None
+    return _compiled(rule.path).fullmatch(path) is not None
 
 
 def decide(allowlist: Allowlist, method: str, target: str) -> int:
@@ -59,6 +65,12 @@ def decide(allowlist: Allowlist, method: str, target: str) -> int:
     if not matching:
         return 403
     return 0 if any(method in rule.methods for rule in matching) else 405
+
+
+def route(allowlist: Allowlist, path: str) -> str:
+    """The rule a request path falls under (its path, {model} and all), for metric labels: a
+    bounded set, whatever clients send. "other" when no rule matches."""
+    return next((rule.path for rule in allowlist.rules if matches(rule, path)), "other")
 
 
 def allowed_methods(allowlist: Allowlist, path: str) -> list[str]:

@@ -51,6 +51,13 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
             lines.append(f"proxy: listening on {', '.join(proxy['listen'])}")
         if proxy.get("enabled") is not False:
             lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
+        load = data.get("load")
+        if load:
+            queued = ", ".join(f"{c} {n}" for c, n in load["queued"].items())
+            wait = f"; oldest wait {load['oldest_wait_s']:g}s" if load["oldest_wait_s"] else ""
+            lines.append(f"engine: {load['inflight']} of {load['slots']} slots in use; queued: {queued}{wait}")
+            if load["clients"]:
+                lines.append("clients: " + ", ".join(f"{c} {n}" for c, n in sorted(load["clients"].items())))
         if proxy.get("config_error"):
             lines.append(f"config error: {proxy['config_error']} (the last good config stays in force)")
         for item in data.get("warm") or []:

@@ -78,8 +78,16 @@ class Commands:
             "supervisor": {"pid": os.getpid(), "mood": sup.mood.value},
         }
 
+    async def load(self) -> dict[str, Any] | None:
+        if not self.sup.desired.config.proxy.enabled or self.sup.proxy.child.state != State.RUNNING:
+            return None
+        try:
+            return await asyncio.to_thread(self.sup.proxy.load)
+        except HaproxyRuntimeError:
+            return None
+
     async def status(self, args: dict[str, Any]) -> Answers:
-        yield {"ok": True, **self.snapshot()}
+        yield {"ok": True, **self.snapshot(), "load": await self.load()}
 
     # -- children --------------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ class ProxyConfig:
     request_timeout: float = 10.0
     idle_timeout: float = 900.0
     queue_timeout: float = 120.0
+    queue_max: int = 64
+    priority_window: float = 60.0
     access_log: bool = True
 
 
@@ -53,6 +55,37 @@ class EngineConfig:
     env: tuple[tuple[str, str], ...] = ()
     start_timeout: float = 120.0
     drain_timeout: float = 300.0
+    parallel: int = 0
+
+    @property
+    def slots(self) -> int:
+        """Generation slots: engine.parallel, else what the engine is told (OLLAMA_NUM_PARALLEL,
+        --parallel), else 4, both engines' automatic default on a machine with the memory."""
+        return self.parallel or engine_parallel(self) or 4
+
+
+def engine_parallel(engine: EngineConfig) -> int | None:
+    """The parallelism the engine's own settings give it, if any."""
+    if engine.kind == "ollama":
+        value = dict(engine.env).get("OLLAMA_NUM_PARALLEL")
+    else:
+        value = dict(engine.env).get("LLAMA_ARG_N_PARALLEL")
+        argv = list(engine.command)
+        for i, arg in enumerate(argv):
+            if arg in ("--parallel", "-np") and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith("--parallel="):
+                value = arg.split("=", 1)[1]
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number and number > 0 else None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, ...] = ("127.0.0.1:9464",)
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,7 @@ class Config:
     warm: WarmConfig = field(default_factory=WarmConfig)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +304,7 @@ def is_loopback_host(value: str) -> bool:
 
 def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     data = parse_toml(text, label)
-    tables = {"proxy", "engine", "warm", "restart", "log"}
+    tables = {"proxy", "engine", "warm", "restart", "log", "metrics"}
     for name, value in data.items():
         if name not in tables:
             raise ConfigError(label, "unknown table" if isinstance(value, dict) else "unknown key",
@@ -302,6 +336,10 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         request_timeout=float(p.get("request_timeout", 10.0, number, _positive)),
         idle_timeout=float(p.get("idle_timeout", 900.0, number, _positive)),
         queue_timeout=float(p.get("queue_timeout", 120.0, number, _positive)),
+        queue_max=p.get("queue_max", 64, int, lambda v: None if v >= 1 else "must be at least 1"),
+        # HAProxy's priority offsets stop at 524 s either way: the window is at most half of it.
+        priority_window=float(p.get("priority_window", 60.0, number,
+                                    lambda v: None if 0 <= v <= 262 else "must be 0 to 262 seconds")),
         access_log=p.get("access_log", True, bool),
     )
     p.finish()
@@ -327,7 +365,13 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         env=tuple(sorted((k, v) for k, v in env.items() if k != "OLLAMA_HOST")),
         start_timeout=float(e.get("start_timeout", 120.0, number, _positive)),
         drain_timeout=float(e.get("drain_timeout", 300.0, number, _at_least_zero)),
+        parallel=e.get("parallel", 0, int, lambda v: None if 0 <= v <= 1024 else "must be 0 (the engine's own) to 1024"),
     )
+    own = engine_parallel(engine)
+    if engine.parallel and own and own != engine.parallel:
+        setting = "OLLAMA_NUM_PARALLEL" if kind == "ollama" else "--parallel"
+        raise e.fail("parallel", f"is {engine.parallel} but the engine's {setting} is {own}: "
+                     "set one of them, or both alike")
     e.finish()
 
     w = table("warm")
@@ -352,13 +396,33 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         raise r.fail("stop_timeout", f"proxy.drain_timeout + restart.stop_timeout must stay under "
                      f"{LAUNCHD_EXIT_TIMEOUT - 1:.0f} s, or launchd (ExitTimeOut 20 s) kills the supervisor mid-shutdown")
 
+    m = table("metrics")
+
+    def metrics_listen(value: list[Any]) -> str | None:
+        for item in value:
+            if not isinstance(item, str):
+                return f"{item!r} is not an address"
+            if item == "tailscale":
+                continue
+            host, _, port = item.rpartition(":")
+            host = host.strip("[]")
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                return f"{item!r} is not ADDRESS:PORT (or \"tailscale\")"
+            problem = listen_problem(host)
+            if problem:
+                return problem
+        return None
+
+    metrics = MetricsConfig(listen=tuple(m.get("listen", ["127.0.0.1:9464"], list, metrics_listen)))
+    m.finish()
+
     g = table("log")
     log = LogConfig(
         max_bytes=int(g.get("max_mb", 10, number, _positive) * 1024 * 1024),
         backups=g.get("backups", 5, int, _at_least_zero),
     )
     g.finish()
-    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log)
+    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log, metrics=metrics)
 
 
 # ---------------------------------------------------------------------------------------------

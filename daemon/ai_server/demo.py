@@ -137,8 +137,9 @@ port = {proxy_port}
 
 [engine]
 kind = "llama-server"
-# Router mode: models in --models-dir are loaded on demand, as Ollama does.
-command = [{toml_string(command)}, "--models-dir", {toml_string(str(models))}, "--no-webui", "--ctx-size", "2048"]
+# Router mode: models in --models-dir are loaded on demand, as Ollama does. --metrics: its own
+# metrics join ai-server's at /metrics (http://127.0.0.1:9464/metrics) as ai_server_engine_*.
+command = [{toml_string(command)}, "--models-dir", {toml_string(str(models))}, "--no-webui", "--ctx-size", "2048", "--metrics"]
 port = {engine_port}
 
 [warm]

@@ -38,6 +38,7 @@ class EngineChild:
         self._restarting = False
         self._wanted: tuple[str, bool] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._metrics_client: httpx.AsyncClient | None = None
         self.log = logs.get()
 
     # -- how it runs -------------------------------------------------------------------------------
@@ -149,6 +150,21 @@ class EngineChild:
                 await self.restart(reason, fresh)
             except Exception:  # a bug here must not end restarts for good
                 self.log.exception("restart_failed", process=self.child.name, reason=reason)
+
+    async def metrics(self) -> list[tuple[str, str, str, dict[str, str], float]]:
+        """The engine's own metrics, renamed ai_server_engine_* (none when it has none)."""
+        if self.child.state != State.RUNNING or not self.kind.has_metrics:
+            return []
+        from ai_server.metrics import engine_samples
+
+        if self._metrics_client is None or str(self._metrics_client.base_url) != self.url:
+            # One client for every scrape: making one costs more than the scrape (an SSL context).
+            self._metrics_client = httpx.AsyncClient(base_url=self.url, timeout=1.0)
+        try:
+            found = await self.kind.metrics(self._metrics_client)
+        except (httpx.HTTPError, ValueError, KeyError):
+            return []
+        return [sample for model, text in found for sample in engine_samples(text, model)]
 
     async def settled(self) -> State:
         return await self.child.settled(self.child.lc.policy.startsecs + self.child.start_timeout)

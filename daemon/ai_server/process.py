@@ -115,6 +115,7 @@ class Child:
         self._wake = asyncio.Event()
         self._kill_reason: str | None = None
         self.create_time: float | None = None
+        self.last_audit: float | None = None
         self.last_output: deque[str] = deque(maxlen=5)
 
     # -- public ----------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class Child:
         if self._audit is None or proc.returncode is not None:
             return True
         problem = await asyncio.to_thread(self._audit, proc.pid)
+        self.last_audit = self.lc.clock()
         if problem is None:
             return True
         self._log.error("security", process=self.name, pid=proc.pid, finding=problem)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from ai_server import haproxy, logs, tailscale, tls
 from ai_server.haproxy import maps, runtime
 from ai_server.haproxy.maps import MapFile
+from ai_server.haproxy.render import PRIORITY_CLASSES
 from ai_server.drain import Hold
 from ai_server.engines import engine_for
 from ai_server.errors import HaproxyRuntimeError
@@ -70,6 +71,26 @@ class ProxyChild:
         if changed:
             self.log.info("tls_certificate", process="haproxy", domain=domain, not_after=self.certificate.not_after)
         return changed
+
+    def load(self) -> dict[str, Any]:
+        """What the queue and the engine's slots hold now, from HAProxy. Blocking;
+        HaproxyRuntimeError when HAProxy does not answer."""
+        sock = self.paths.haproxy_stats_socket
+        rows = {(r.get("pxname"), r.get("svname")): r for r in runtime.stats(sock)}
+        everything, running = runtime.table(sock, "classes"), runtime.table(sock, "running_classes")
+        queued = {c: max(0, everything.get(c, {}).get("use", 0) - running.get(c, {}).get("use", 0))
+                  for c in PRIORITY_CLASSES}
+        front = rows.get(("ai_server", "FRONTEND"), {})
+        return {
+            # Streams tracking a class at the gate: requests holding a slot (the gate's own
+            # session count would include HAProxy's idle connections to it).
+            "inflight": sum(row["use"] for row in running.values()),
+            "slots": self._desired().config.engine.slots,
+            "queued": queued,
+            "oldest_wait_s": runtime.oldest_queued(sock, "generate") if any(queued.values()) else 0.0,
+            "clients": {name: row["use"] for name, row in runtime.table(sock, "clients").items() if row["use"]},
+            "requests_total": int(front.get("req_tot") or 0),
+        }
 
     async def swap_certificate(self) -> None:
         """The renewed certificate into the running proxy, without a reload."""

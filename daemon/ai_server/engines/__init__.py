@@ -19,6 +19,8 @@ class Engine(Protocol):
     # Path HAProxy's health check and our readiness check ask for; 200 means serving.
     health_path: str
     install_hint: str
+    # Serves Prometheus metrics of its own (llama-server with --metrics).
+    has_metrics: bool
 
     def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
         """The command line, with `program` the resolved path of command[0]."""
@@ -28,6 +30,9 @@ class Engine(Protocol):
 
     async def models(self, client: httpx.AsyncClient) -> list[str]:
         """Names of the models the engine can serve."""
+
+    async def metrics(self, client: httpx.AsyncClient) -> list[tuple[str, str]]:
+        """(model, Prometheus exposition) for each model the engine reports metrics for."""
 
     async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
                    progress: Progress) -> str:

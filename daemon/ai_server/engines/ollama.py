@@ -28,6 +28,7 @@ def _error(response: httpx.Response) -> str:
 class Ollama:
     kind = "ollama"
     health_path = "/"
+    has_metrics = False  # Ollama has no /metrics (ollama #3144)
     install_hint = "install it with `brew install ollama` (macOS) or from ollama.com/download (Linux)"
 
     def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
@@ -36,6 +37,9 @@ class Ollama:
     def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
         env = dict(base)
         env.update(dict(config.env))
+        if config.parallel and "OLLAMA_NUM_PARALLEL" not in dict(config.env):
+            # The proxy lets engine.parallel generations through at once: the engine runs as many.
+            env["OLLAMA_NUM_PARALLEL"] = str(config.parallel)
         # Last, so neither the user's shell nor engine.env can widen it.
         env["OLLAMA_HOST"] = host_port(*bind)
         return env
@@ -44,6 +48,9 @@ class Ollama:
         response = await client.get("/api/tags")
         response.raise_for_status()
         return [m["name"] for m in response.json().get("models", [])]
+
+    async def metrics(self, client: httpx.AsyncClient) -> list[tuple[str, str]]:
+        return []  # Ollama has no /metrics (ollama #3144)
 
     async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
                    progress: Progress) -> str:

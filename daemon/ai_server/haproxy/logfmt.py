@@ -8,7 +8,8 @@ from __future__ import annotations
 
 LOG_TAG = "ai-server-request"
 # who (the client) and the model are our variables: validated names, never free text.
-LOG_FORMAT = f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %[var(txn.client)] %[var(txn.model)] %HM %HU"
+LOG_FORMAT = (f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %[var(txn.client)] %[var(txn.model)] "
+              "%[var(txn.priority)] %HM %HU")
 _LOG_FIELDS = LOG_FORMAT.count(" ")
 
 
@@ -28,7 +29,7 @@ def parse_log(line: str) -> dict[str, object] | None:
     if len(parts) != _LOG_FIELDS + 1:
         return None
     (_, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, who,
-     model, method, uri) = parts
+     model, priority, method, uri) = parts
     path, _, query = uri.partition("?")
     return {
         "method": method,
@@ -38,10 +39,12 @@ def parse_log(line: str) -> dict[str, object] | None:
         "client": client,
         "who": who if who != "-" else "unknown",
         "model": model if model != "-" else None,
+        "priority": priority if priority != "-" else None,
         "client_port": _number(port),
         "bytes_out": _number(bytes_out),
         "bytes_in": _number(bytes_in),
-        "forwarded": backend == "engine",
+        "forwarded": backend in ("engine", "generate"),
+        "queue": backend == "generate",
         "termination": term,
         # Milliseconds, as HAProxy measures them: headers received, queue, connect to the
         # engine, engine's first response byte, and the whole exchange. -1: did not happen.

@@ -20,6 +20,15 @@ from ai_server.netaddr import parse_ip
 STATS_SOCKET = "haproxy.sock"
 LOG_SOCKET = "haproxy-log.sock"
 TLS_PEM = "tls.pem"
+GATE_SOCKET = "gate.sock"
+# Requests that make the engine generate (or embed): they wait for one of its slots. Everything
+# else (model lists, versions, details) is cheap and never waits behind them.
+GENERATION_PATHS = ("/v1/chat/completions /v1/completions /v1/messages /v1/responses /v1/embeddings "
+                    "/api/chat /api/generate /api/embed /api/embeddings")
+PRIORITY_CLASSES = ("interactive", "normal", "batch")
+# Retry-After when the queue is full or a request waited its whole proxy.queue_timeout: a few
+# seconds, long enough for a slot to turn over, short enough for an interactive client.
+RETRY_AFTER_S = 5
 # Room above the largest body for the request line and headers (HAProxy keeps both in one buffer).
 HEADROOM = 64 * 1024
 MAX_URL = 8 * 1024
@@ -34,7 +43,8 @@ TOKEN_PATTERN = "ais_[A-Za-z0-9_-]{43}"
 # another protocol past every check.
 DROPPED_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Forwarded-For",
                    "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "Forwarded", "X-Real-IP",
-                   "X-Client-IP", "True-Client-IP", "Upgrade", "Connection", "HTTP2-Settings")
+                   "X-Client-IP", "True-Client-IP", "Upgrade", "Connection", "HTTP2-Settings",
+                   "X-Ai-Server-Class", "X-Ai-Server-Client")
 
 
 @dataclass(frozen=True)
@@ -223,9 +233,35 @@ def _frontend(spec: RenderInput) -> list[str]:
         "    # The engine sees its own loopback name: Ollama refuses a Host it does not consider",
         "    # local, and the check above has already made sure the client's named this server.",
         f"    http-request set-header Host {engine_addr}",
+        "",
+        *_queue(spec),
         "    default_backend engine",
     ]
     return lines
+
+
+def _queue(spec: RenderInput) -> list[str]:
+    proxy = spec.config.proxy
+    window = int(proxy.priority_window * 1000)
+    full = ("content-type application/json lf-string '{\"error\":\"the queue for an engine slot is full "
+            "(proxy.queue_max)\",\"queue\":\"generate\",\"depth\":%[queue(generate)],\"status\":503}' "
+            f"hdr Retry-After {RETRY_AFTER_S}")
+    return [
+        f"    # Generation requests wait here for one of the engine's {spec.config.engine.slots} slots (engine.parallel).",
+        f"    acl generation path {GENERATION_PATHS}",
+        "    # Their place in the queue is their arrival time shifted by their client's priority:",
+        f"    # interactive {proxy.priority_window:g} s earlier, batch {proxy.priority_window:g} s later (proxy.priority_window).",
+        "    # FIFO within a class; a batch request goes ahead of interactive ones that arrive more",
+        f"    # than {2 * proxy.priority_window:g} s after it, so it never waits forever.",
+        f"    http-request set-priority-offset int(-{window}) if generation {{ var(txn.priority) -m str interactive }}",
+        f"    http-request set-priority-offset int({window}) if generation {{ var(txn.priority) -m str batch }}",
+        f"    http-request return status 503 {full} if generation {{ queue(generate) ge {proxy.queue_max} }}",
+        "    # Counted per class while queued or running (the gate counts the running ones).",
+        "    http-request track-sc1 var(txn.priority) table classes if generation",
+        "    http-request set-header X-Ai-Server-Class %[var(txn.priority)] if generation",
+        "    http-request set-header X-Ai-Server-Client %[var(txn.client)] if generation",
+        "    use_backend generate if generation",
+    ]
 
 
 def _identity(spec: RenderInput) -> list[str]:
@@ -306,10 +342,42 @@ def _policy(spec: RenderInput) -> list[str]:
 
 def _backends(spec: RenderInput) -> list[str]:
     engine_addr = f"127.0.0.1:{spec.config.engine.port}"
+    proxy = spec.config.proxy
+    busy = ("content-type application/json lf-string '{\"error\":\"no engine slot came free within "
+            "proxy.queue_timeout, or the engine is down\",\"queue\":\"generate\",\"depth\":%[queue(generate)],"
+            "\"engine_up\":%[nbsrv(engine)],\"status\":503}' " f"hdr Retry-After {RETRY_AFTER_S}")
     return [
+        "backend generate",
+        "    # The queue: at most engine.parallel generations reach the engine at once; the others",
+        "    # wait here, served by priority, at most proxy.queue_timeout (then 503, never a hang).",
+        f"    timeout queue {ms(proxy.queue_timeout)}",
+        f"    http-error status 503 {busy}",
+        f"    server gate unix@{GATE_SOCKET} maxconn {spec.config.engine.slots} track engine/engine",
+        "",
+        "frontend gate",
+        "    # The far side of the slots: a request here holds one. It counts what runs, per class",
+        "    # and per client, then goes on to the engine.",
+        f"    bind unix@{GATE_SOCKET} mode 600",
+        "    no log",
+        "    http-request track-sc0 req.hdr(x-ai-server-class) table running_classes",
+        "    http-request track-sc1 req.hdr(x-ai-server-client) table running_clients",
+        "    http-request del-header X-Ai-Server-Class",
+        "    http-request del-header X-Ai-Server-Client",
+        "    default_backend engine",
+        "",
         "backend clients",
         "    # Per client: requests in the last minute (rpm) and streams tracking it (in flight).",
         "    stick-table type string len 64 size 10k expire 10m store http_req_rate(60s)",
+        "",
+        "backend classes",
+        "    # Per priority class: generation requests queued or running.",
+        "    stick-table type string len 16 size 8 expire 1h",
+        "",
+        "backend running_classes",
+        "    stick-table type string len 16 size 8 expire 1h",
+        "",
+        "backend running_clients",
+        "    stick-table type string len 64 size 10k expire 10m",
         "",
         "backend engine",
         "    option httpchk",

@@ -88,3 +88,22 @@ def set_ssl_cert(stats_socket: Path, name: str, pem: str) -> None:
     answer = command(stats_socket, f"commit ssl cert {name}")
     if "Success" not in answer:
         raise HaproxyRuntimeError(f"commit ssl cert {name}: {answer.strip()[:200]}")
+
+
+def _seconds(human: str) -> float:
+    """HAProxy's human time ("59s", "1m2s", "2h3m", "1d2h") in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return float(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", human)))
+
+
+def oldest_queued(stats_socket: Path, backend: str) -> float:
+    """How long the request queued longest in `backend` has waited (seconds; HAProxy counts its
+    age in whole seconds). 0 when nothing waits."""
+    ages = [0.0]
+    for line in command(stats_socket, "show sess").splitlines():
+        # A queued stream has no server yet and its server side is in state 2 (SC_ST_QUE).
+        if f" be={backend} " in line and " srv=<none> " in line and " scb=[2," in line:
+            found = re.search(r" age=(\S+)", line)
+            if found:
+                ages.append(_seconds(found.group(1)))
+    return max(ages)
