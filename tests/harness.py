@@ -60,6 +60,8 @@ class Stack:
     proxy_port: int
     engine_port: int
     env: dict[str, str]
+    host: str = PROXY_HOST                 # where the proxy listens
+    netns: str | None = None               # the network namespace `run` runs in (a LAN machine)
     proc: subprocess.Popen | None = None
     stderr_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,25 +75,32 @@ class Stack:
         return self.state_dir / "logs" / "ai-server.jsonl"
 
     def url(self, path: str) -> str:
-        return f"http://{PROXY_HOST}:{self.proxy_port}{path}"
+        return f"http://{self.host}:{self.proxy_port}{path}"
 
     def write_config(self, text: str) -> None:
         (self.config_dir / "ai-server.toml").write_text(text)
 
     def default_config(self, extra: str = "") -> str:
-        return (f'[proxy]\nlisten = ["{PROXY_HOST}"]\nport = {self.proxy_port}\ndrain_timeout = 5\n'
+        return (f'[proxy]\nlisten = ["{self.host}"]\nport = {self.proxy_port}\ndrain_timeout = 5\n'
                 f'[engine]\nport = {self.engine_port}\nstart_timeout = 20\n'
                 f'[restart]\nstartsecs = 0.5\nstartretries = 3\nbackoff_base = 0.2\nbackoff_cap = 1\nstop_timeout = 3\n'
                 + extra)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ai_server", "--config-dir", str(self.config_dir), *args],
+        """An ai-server command, on the stack's own machine (its namespace, if it has one)."""
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return subprocess.run([*prefix, sys.executable, "-m", "ai_server", "--config-dir", str(self.config_dir), *args],
                               env=self.env, capture_output=True, text=True, timeout=timeout)
 
-    def start(self, wait: bool = True) -> subprocess.Popen:
+    def start(self, wait: bool = True, timers: dict[str, float] | None = None) -> subprocess.Popen:
+        """`ai-server run`. `timers` shortens the daemon's own intervals ("ai_server.tls.RETRY_S":
+        0.5) in that process only, so a test of an hourly timer does not wait an hour."""
         self.stderr_path = self.root / f"run-{time.monotonic_ns()}.err"
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        patch = "".join(f"import {name.rpartition('.')[0]}; {name} = {value!r}; " for name, value in (timers or {}).items())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_server", "--config-dir", str(self.config_dir), "run"],
+            [*prefix, sys.executable, "-c", f"{patch}import sys; from ai_server.cli import main; sys.argv[0] = 'ai-server'; "
+             f"raise SystemExit(main())", "--config-dir", str(self.config_dir), "run"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("w"))
         if wait:
             self.wait_running()
@@ -289,3 +298,60 @@ def set_tailscale(state: Path, addresses: list[str] | None, backend: str = "Runn
     temporary = state / "tailscale.json.tmp"
     temporary.write_text(json.dumps(status))
     temporary.replace(state / "tailscale.json")
+
+
+class Lan:
+    """Machines on a 100.x network: each a network namespace with one address, all on a bridge
+    in this namespace, which holds LAN_SELF (the tests' own address on it)."""
+
+    def __init__(self) -> None:
+        self.tag = str(os.getpid() % 10000)
+        self.bridge = f"aisb{self.tag}"
+        self.machines: dict[str, tuple[str, str, str]] = {}   # name -> (netns, address, veth)
+
+    def create(self, names: list[str]) -> None:
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{LAN_SELF}/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for i, name in enumerate(names, start=1):
+            ns, address, outside, inside = f"aisl{self.tag}{i}", f"100.100.88.{i}", f"aisv{self.tag}{i}", f"aisp{self.tag}{i}"
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+            sh("ip", "link", "set", inside, "netns", ns)
+            sh("ip", "link", "set", outside, "master", self.bridge)
+            sh("ip", "link", "set", outside, "up")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", inside)
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
+            self.machines[name] = (ns, address, inside)
+
+    def address(self, name: str) -> str:
+        return self.machines[name][1]
+
+    def run(self, name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """A command on that machine."""
+        return subprocess.run(["ip", "netns", "exec", self.machines[name][0], *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def cut(self, name: str, up: bool = False) -> None:
+        """The machine stops answering (its link goes down: packets vanish), or answers again."""
+        ns, _, inside = self.machines[name]
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up" if up else "down")
+
+    def destroy(self) -> None:
+        for ns, _, _ in self.machines.values():
+            sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
+        for i in range(1, 10):
+            sh("ip", "netns", "del", f"aisl{self.tag}{i}", check=False)
+
+
+LAN_SELF = "100.100.88.254"
+
+
+def lan_stack(lan: Lan, machine: str, engine_env: dict[str, str] | None = None) -> Stack:
+    """A stack that runs on one LAN machine (its own namespace and address)."""
+    stack = new_stack(engine_env)
+    stack.netns, stack.host = lan.machines[machine][0], lan.address(machine)
+    stack.write_config(stack.default_config())
+    return stack

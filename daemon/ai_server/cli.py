@@ -51,6 +51,8 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
             lines.append(f"proxy: listening on {', '.join(proxy['listen'])}")
         if proxy.get("enabled") is not False:
             lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
+        if proxy.get("nodes"):
+            lines.append(f"nodes: {', '.join(proxy['nodes'])} (`ai-server nodes`: their state and models)")
         load = data.get("load")
         if load:
             queued = ", ".join(f"{c} {n}" for c, n in load["queued"].items())
@@ -204,6 +206,21 @@ def cmd_clients(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_nodes(paths: Paths, args: argparse.Namespace) -> int:
+    answer = control.request(paths.control_socket, "nodes", {"action": args.nodes_command, "name": getattr(args, "name", None)})
+    rows = answer["nodes"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = name_width([r["name"] for r in rows])
+    for row in rows:
+        models = ", ".join(f"{m}{' (loaded)' if loaded else ''}" for m, loaded in row["models"].items()) or "no models"
+        error = f"; last error: {row['last_error']}" if row["last_error"] else ""
+        print(f"{row['name']:<{width}}{row['state']:<10}{row['in_flight']} in flight of {row['slots']}, "
+              f"{row['queued']} queued; {models}{error}")
+    return EXIT_OK
+
+
 def _program_version(argv: list[str]) -> str:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -321,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = p.add_subparsers(dest="clients_command", metavar="token")
     t = tokens.add_parser("token", help="mint a token for NAME (shown once; stored hashed)")
     t.add_argument("name", metavar="NAME")
+
+    p = sub.add_parser("nodes", help="the machines behind this front; `nodes drain|undrain NAME`")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nodes, nodes_command=None)
+    actions = p.add_subparsers(dest="nodes_command", metavar="drain|undrain")
+    for action, what in (("drain", "take NAME out of rotation: what is in flight finishes, nothing new starts"),
+                         ("undrain", "put NAME back in rotation")):
+        a = actions.add_parser(action, help=what)
+        a.add_argument("name", metavar="NAME")
 
     p = sub.add_parser("warm", help="load models into memory now")
     p.add_argument("models", nargs="+", metavar="MODEL")

@@ -27,7 +27,7 @@ class Commands:
         self.sup = supervisor
         self._table: dict[str, Callable[[dict[str, Any]], Answers]] = {
             "status": self.status, "start": self.start, "stop": self.stop, "restart": self.restart,
-            "reload": self.reload, "warm": self.warm, "clients": self.clients,
+            "reload": self.reload, "warm": self.warm, "clients": self.clients, "nodes": self.nodes,
         }
 
     async def handle(self, command: str, args: dict[str, Any]) -> Answers:
@@ -58,7 +58,7 @@ class Commands:
                              "uptime_s": None if snap.uptime_s is None else round(snap.uptime_s, 1),
                              "restarts": snap.restarts, "failures": snap.failures,
                              "description": description})
-        bind = sup.engine.bind
+        bind = sup.engine.bind if sup.engine.present else None
         return {
             "children": children,
             "proxy": {
@@ -67,6 +67,7 @@ class Commands:
                 "enabled": cfg.proxy.enabled,
                 "engine_listen": None if bind is None else host_port(*bind),
                 "rules": len(desired.allowlist.rules),
+                "nodes": sorted(sup.fleet.states),
                 "loaded_at": sup.loaded_at,
                 "config_error": sup.config_error,
                 "tls": None if cfg.proxy.tls != "tailscale" else {
@@ -155,6 +156,16 @@ class Commands:
                 "in_flight": live.get("use", 0), "last_minute": live.get("http_req_rate", 0),
             })
         yield {"ok": True, "clients": rows}
+
+    async def nodes(self, args: dict[str, Any]) -> Answers:
+        """The machines behind this front; `drain` / `undrain` one of them."""
+        fleet = self.sup.fleet
+        if not fleet.active:
+            raise AiServerError("this ai-server fronts no nodes (no [[node]] in ai-server.toml)")
+        action, name = args.get("action"), str(args.get("name") or "")
+        if action in ("drain", "undrain"):
+            await fleet.set_drained(name, action == "drain")
+        yield {"ok": True, "nodes": await asyncio.to_thread(fleet.snapshot)}
 
     async def warm(self, args: dict[str, Any]) -> Answers:
         models = [str(m) for m in args.get("models") or []]

@@ -21,8 +21,10 @@ from ai_server.netaddr import canonical, listen_problem
 from ai_server.tailscale import is_dns_name
 from ai_server.tomlpos import line_of
 
-ENGINE_KINDS = ("ollama", "llama-server")
-DEFAULT_COMMANDS = {"ollama": ("ollama", "serve"), "llama-server": ("llama-server",)}
+ENGINE_KINDS = ("ollama", "llama-server", "none")
+DEFAULT_COMMANDS = {"ollama": ("ollama", "serve"), "llama-server": ("llama-server",), "none": ()}
+# The local engine, when a front keeps one, is a node of this name.
+LOCAL_NODE = "local"
 # Methods a rule may list. CONNECT and TRACE are never forwarded: they only help attackers.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MODEL_PLACEHOLDER = "{model}"
@@ -36,6 +38,7 @@ class ProxyConfig:
     listen: tuple[str, ...] = ("tailscale",)
     server_names: tuple[str, ...] = ()
     tls: str = "off"
+    fronts: tuple[str, ...] = ()      # addresses of the ai-servers that front this one (nodes)
     port: int = 11434
     drain_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
@@ -81,6 +84,18 @@ def engine_parallel(engine: EngineConfig) -> int | None:
     except ValueError:
         return None
     return number if number and number > 0 else None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    url: str
+    host: str        # the IP address or DNS name in url
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,12 @@ class Config:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    nodes: tuple[NodeConfig, ...] = ()
+
+    @property
+    def fronting(self) -> bool:
+        """This ai-server sends requests on to [[node]]s (and its own engine, if it has one)."""
+        return bool(self.nodes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +300,13 @@ def _server_names(value: list[Any]) -> str | None:
     return None
 
 
+def _addresses(value: list[Any]) -> str | None:
+    for item in value:
+        if not isinstance(item, str) or not _is_ip(item):
+            return f"{item!r} is not an IP address (a front's tailnet address)"
+    return None
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -304,12 +332,16 @@ def is_loopback_host(value: str) -> bool:
 
 def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     data = parse_toml(text, label)
-    tables = {"proxy", "engine", "warm", "restart", "log", "metrics"}
+    tables = {"proxy", "engine", "warm", "restart", "log", "metrics", "node"}
     for name, value in data.items():
         if name not in tables:
             raise ConfigError(label, "unknown table" if isinstance(value, dict) else "unknown key",
                               line=line_of(text, name) or line_of(text, None, name), key=name)
-        if not isinstance(value, dict):
+        if name == "node":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(label, "must be [[node]] tables", line=line_of(text, "node") or line_of(text, None, name),
+                                  key=name)
+        elif not isinstance(value, dict):
             raise ConfigError(label, "must be a table", line=line_of(text, None, name), key=name)
 
     def table(name: str) -> _Table:
@@ -329,6 +361,7 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         listen=tuple(dict.fromkeys(a if a == "tailscale" else canonical(a) for a in listen)),
         server_names=tuple(dict.fromkeys(n.lower().rstrip(".") for n in p.get("server_names", [], list, _server_names))),
         tls=p.get("tls", "off", str, lambda v: None if v in ("off", "tailscale") else 'must be "off" or "tailscale"'),
+        fronts=tuple(canonical(a) for a in p.get("fronts", [], list, _addresses)),
         port=p.get("port", 11434, int, _port),
         drain_timeout=float(p.get("drain_timeout", 10.0, number, _at_least_zero)),
         max_body_bytes=int(p.get("max_body_mb", 64, number,
@@ -348,7 +381,7 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     kind = e.get("kind", "ollama", str, lambda v: None if v in ENGINE_KINDS else
                  f"{v!r} is not an engine kind; use " + " or ".join(f'"{k}"' for k in ENGINE_KINDS))
     command = e.get("command", list(DEFAULT_COMMANDS[kind]), list, _string_list)
-    if not command:
+    if not command and kind != "none":
         raise e.fail("command", "must not be empty")
     if kind == "llama-server" and any(arg == "--host" or arg.startswith("--host=") for arg in command):
         raise e.fail("command", "sets --host; ai-server passes --host 127.0.0.1 itself")
@@ -422,7 +455,42 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         backups=g.get("backups", 5, int, _at_least_zero),
     )
     g.finish()
-    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log, metrics=metrics)
+    nodes = _nodes(data.get("node", []), text, label)
+    if kind == "none" and not nodes:
+        raise e.fail("kind", '"none" is for a machine that only fronts others: add [[node]] tables, or name an engine')
+    if kind == "none" and not proxy.enabled:
+        raise e.fail("kind", '"none" needs the proxy (proxy.enabled = true)')
+    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log, metrics=metrics, nodes=nodes)
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_NODE_URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?")  # names: refused below
+
+
+def _nodes(entries: list[dict[str, Any]], text: str, label: str) -> tuple[NodeConfig, ...]:
+    nodes: list[NodeConfig] = []
+    for index, entry in enumerate(entries):
+        t = _Table(entry, "node", text, label, index)
+        name = t.get("name", None, str, lambda v: None if _NODE_NAME.fullmatch(v) and v != LOCAL_NODE else
+                     f"must be 1-32 letters, digits, . _ - (and not {LOCAL_NODE!r}, this machine's own engine)")
+        url = t.get("url", None, str, lambda v: None if _NODE_URL.fullmatch(v) else
+                    "must be http://ADDRESS:PORT, another ai-server's proxy at its tailnet address")
+        t.finish()
+        if name is None or url is None:
+            raise t.fail("name" if name is None else "url", "missing: a node has a name and a url")
+        if any(n.name == name for n in nodes):
+            raise t.fail("name", f"{name!r} is already a node")
+        found = _NODE_URL.fullmatch(url)
+        assert found is not None
+        host, port = found.group(1).strip("[]"), int(found.group(2))
+        if not 1 <= port <= 65535:
+            raise t.fail("url", "the port must be 1 to 65535")
+        if not _is_ip(host):
+            # HAProxy resolves a name once, when it starts (and hangs or refuses to start when
+            # DNS does not answer); a tailnet address never changes for a machine.
+            raise t.fail("url", f"{host!r} is not an IP address: use the node's tailnet address (`tailscale ip -4 {host.split('.')[0]}`)")
+        nodes.append(NodeConfig(name, url.rstrip("/"), host, port))
+    return tuple(nodes)
 
 
 # ---------------------------------------------------------------------------------------------

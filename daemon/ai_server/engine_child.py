@@ -94,8 +94,13 @@ class EngineChild:
 
     # -- control -------------------------------------------------------------------------------------
 
+    @property
+    def present(self) -> bool:
+        """This machine has an engine (not a front with engine.kind = "none")."""
+        return self.kind.kind != "none"
+
     async def start(self, reason: str, fresh: bool = False) -> None:
-        if self.bind is None:
+        if self.bind is None or not self.present:
             return
         await self.child.start(reason, fresh)
 
@@ -126,9 +131,9 @@ class EngineChild:
                     self.child = self._make_child()
                     self._on_change()
                 self.set_policy()
-                if self.bind is None:
+                if self.present and self.bind is None:
                     self.log.info("engine_waiting", process=self.child.name, reason="no address to listen on")
-                else:
+                elif self.present:  # (kind = "none": a front only, nothing to start)
                     await self.child.start(reason, fresh)
             finally:
                 self._restarting = False
@@ -170,6 +175,9 @@ class EngineChild:
         return await self.child.settled(self.child.lc.policy.startsecs + self.child.start_timeout)
 
     async def warm(self, models: list[str], pull: bool) -> AsyncIterator[dict[str, Any]]:
+        if not self.present:
+            yield {"ok": False, "error": "this machine has no engine (engine.kind = \"none\"): warm the models on the nodes"}
+            return
         if self.child.state != State.RUNNING:
             yield {"ok": False, "error": f"{self.child.name} is {self.child.state.value}, not RUNNING: nothing to warm"}
             return

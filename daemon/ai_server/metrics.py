@@ -45,14 +45,14 @@ class Recorder:
     """What happens between scrapes: requests from the access log, config reloads."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, str, str], int] = {}
         self.duration: dict[str, Histogram] = {}
         self.first_byte: dict[str, Histogram] = {}
         self.queue_wait: dict[str, Histogram] = {}
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
 
     def request(self, fields: dict[str, Any], route: str) -> None:
-        key = (str(fields.get("who") or "unknown"), route, str(fields.get("status")))
+        key = (str(fields.get("who") or "unknown"), route, str(fields.get("status")), str(fields.get("node") or ""))
         self.requests[key] = self.requests.get(key, 0) + 1
         total, response, queued = fields.get("t_total_ms"), fields.get("t_response_ms"), fields.get("t_queue_ms")
         if isinstance(total, int) and total >= 0:
@@ -124,8 +124,10 @@ def render(recorder: Recorder, live: Live) -> str:
                (({"name": n}, 1 if up else 0) for n, up, _ in live.children))
     out.family("ai_server_child_restarts_total", "counter", "Times the child was started again since ai-server started.",
                (({"name": n}, r) for n, _, r in live.children))
-    out.family("ai_server_requests_total", "counter", "Requests answered, by client, route (allowlist rule) and status code.",
-               (({"client": c, "route": r, "code": code}, v) for (c, r, code), v in sorted(recorder.requests.items())))
+    out.family("ai_server_requests_total", "counter",
+               "Requests answered, by client, route (allowlist rule), status code and node (when fronting [[node]]s).",
+               (({"client": c, "route": r, "code": code, **({"node": n} if n else {})}, v)
+                for (c, r, code, n), v in sorted(recorder.requests.items())))
     out.histogram("ai_server_request_duration_seconds", "Whole requests, by route.", "route", recorder.duration)
     out.histogram("ai_server_time_to_first_byte_seconds", "From the request to the engine's first response byte, by route.",
                   "route", recorder.first_byte)

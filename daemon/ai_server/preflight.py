@@ -120,9 +120,12 @@ def check(desired: Desired, environ: Mapping[str, str], running: Desired | None 
     kind = engine_for(cfg.engine.kind)
     proxied = cfg.proxy.enabled
     haproxy = require_program("haproxy", "HAProxy", haproxy_hint(), environ) if proxied else ""
-    engine = require_program(cfg.engine.command[0], kind.kind, kind.install_hint, environ)
+    if kind.kind == "none":
+        engine = ""
+    else:
+        engine = require_program(cfg.engine.command[0], kind.kind, kind.install_hint, environ)
     bind = desired.engine_bind
-    if bind is not None and (running is None or bind != running.engine_bind):
+    if kind.kind != "none" and bind is not None and (running is None or bind != running.engine_bind):
         check_bindable(*bind, f"engine ({kind.kind})", "engine.port" if proxied else "proxy.listen / proxy.port")
     if proxied:
         held = () if running is None or running.config.proxy.port != cfg.proxy.port else running.addresses

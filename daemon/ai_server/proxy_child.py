@@ -7,7 +7,8 @@ import asyncio
 import signal
 from typing import Any, Callable, Mapping
 
-from ai_server import haproxy, logs, tailscale, tls
+from ai_server import haproxy, logs, nodes, tailscale, tls
+from ai_server.fleet import Fleet
 from ai_server.haproxy import maps, runtime
 from ai_server.haproxy.maps import MapFile
 from ai_server.haproxy.render import PRIORITY_CLASSES
@@ -26,8 +27,8 @@ START_TIMEOUT = 30.0
 
 class ProxyChild:
     def __init__(self, paths: Paths, desired: Callable[[], Desired], environ: Mapping[str, str], clock: Clock,
-                 on_transition: OnTransition, mood: Callable[[], Mood], on_change: Callable[[], None]):
-        self.paths, self._desired, self._environ = paths, desired, environ
+                 on_transition: OnTransition, mood: Callable[[], Mood], on_change: Callable[[], None], fleet: Fleet):
+        self.paths, self._desired, self._environ, self.fleet = paths, desired, environ, fleet
         self.program = ""  # haproxy, resolved by preflight
         self.log = logs.get()
         self.hold = Hold(paths.haproxy_stats_socket, paths.state_dir, clock, self.log, self.running)
@@ -132,15 +133,21 @@ class ProxyChild:
         return haproxy.RenderInput(config=desired.config, addresses=desired.addresses,
                                    engine_health_path=engine_for(desired.config.engine.kind).health_path,
                                    lua=self.hold.available,
-                                   tls=desired.config.proxy.tls == "tailscale" and self.tls_ready)
+                                   tls=desired.config.proxy.tls == "tailscale" and self.tls_ready,
+                                   node_states=self.fleet.render_states(), node_slots=self.fleet.render_slots())
 
-    @staticmethod
-    def maps(desired: Desired) -> list[MapFile]:
+    def maps(self, desired: Desired) -> list[MapFile]:
         """What the running proxy decides from, in the order they are swapped in: the
-        allowlist's routes before its paths, then Host names, then who may use what."""
+        allowlist's routes before its paths, then Host names, then who may use what, then
+        where models go."""
         cfg = desired.config
+        # Model names compare as Ollama names them only where Ollama is the one engine; a front
+        # sees each node's own spellings.
+        ollama = cfg.engine.kind == "ollama" and not cfg.fronting
         return maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
-                              desired.clients, desired.peers, cfg.engine.kind == "ollama")
+                              desired.clients, desired.peers, ollama, cfg.proxy.fronts,
+                              self.fleet.assignment if cfg.fronting else None,
+                              dict(nodes.union(self.fleet.states.values())))
 
     def install(self, desired: Desired) -> bool:
         """Write haproxy.cfg and the maps for `desired`, checked by `haproxy -c` first. Blocking.
@@ -172,6 +179,7 @@ class ProxyChild:
             # Master-worker reload: the master re-reads the file, new workers take over the
             # listening sockets, old workers finish what they are serving and exit.
             self.child.signal(signal.SIGUSR2)
+            self.fleet.forget_applied()
             self.log.info("proxy_reload", process="haproxy", pid=self.child.pid,
                           reason="addresses changed" if plan.addresses else "config changed")
         elif plan.rules:

@@ -55,13 +55,14 @@ class Plan:
     rules: bool = False          # maps to swap into the running proxy (no reload): any of these
     allowlist: bool = False      #   allowlist.toml changed
     clients: bool = False        #   clients.toml or the tailnet's peers changed
+    nodes: bool = False          # [[node]]s changed: read them again
     proxy: bool = False          # haproxy.cfg inputs changed: rewrite, then reload in place
     addresses: bool = False      # where the proxy listens changed (it may start or stop)
     engine: str | None = None    # why the engine restarts; None: it keeps running
 
     def changed(self) -> list[str]:
         names = [("log", self.log), ("engine", self.engine is not None), ("proxy", self.proxy),
-                 ("allowlist", self.allowlist), ("clients", self.clients)]
+                 ("allowlist", self.allowlist), ("clients", self.clients), ("nodes", self.nodes)]
         return [name for name, on in names if on]
 
 
@@ -104,7 +105,7 @@ def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Pla
     if n.proxy.enabled:
         rules = new.allowlist != old.allowlist or names or who
         proxy = (n.proxy != o.proxy or addresses or n.engine.port != o.engine.port
-                 or n.engine.kind != o.engine.kind)
+                 or n.engine.kind != o.engine.kind or n.nodes != o.nodes or n.engine.slots != o.engine.slots)
         engine_moves = False
     else:
         # Without the proxy, the engine itself listens where proxy.listen and proxy.port say.
@@ -116,5 +117,6 @@ def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Pla
     elif engine_moves:
         engine = "listen address changed"
     return Plan(allowlist=n.proxy.enabled and new.allowlist != old.allowlist, clients=n.proxy.enabled and who,
+                nodes=n.nodes != o.nodes,
                 log=n.log != o.log, policy=n.restart != o.restart or n.engine.start_timeout != o.engine.start_timeout,
                 rules=rules, proxy=proxy, addresses=addresses, engine=engine)

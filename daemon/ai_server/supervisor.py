@@ -19,11 +19,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
-from ai_server import allowlist, control, haproxy, logs, metrics, preflight, records, reload, tls
+from ai_server import allowlist, control, haproxy, logs, metrics, nodes, preflight, records, reload, tls
 from ai_server.haproxy.logfmt import parse_log
 from ai_server.commands import Commands
 from ai_server.engine_child import EngineChild
-from ai_server.errors import AiServerError, ConfigError
+from ai_server.errors import AiServerError, ConfigError, HaproxyRuntimeError
+from ai_server.fleet import Fleet
 from ai_server.files import private_dir
 from ai_server.lifecycle import Clock
 from ai_server.paths import Paths
@@ -78,7 +79,8 @@ class Supervisor:
     @property
     def children(self) -> list[Child]:
         """Every child, in start order (by role priority)."""
-        found = [self.engine.child] + ([self.proxy.child] if self.desired.config.proxy.enabled else [])
+        found = ([self.engine.child] if self.engine.present else []) + (
+            [self.proxy.child] if self.desired.config.proxy.enabled else [])
         return sorted(found, key=lambda c: c.role.priority)
 
     # -- launch ----------------------------------------------------------------------------------
@@ -107,7 +109,8 @@ class Supervisor:
             self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
                 ("launch", self._start_all("launch")), ("config-watcher", self._watch_config()),
                 ("hold", self.proxy.hold.run()), ("reload-signal", self._reload_on_signal()),
-                ("tailnet", self._follow_tailnet()))]
+                ("tailnet", self._follow_tailnet()), ("nodes", self._follow_nodes()),
+                ("tls-renewal", self._renew_tls()))]
             await self._stopping.wait()
             await self._shutdown()
             server.close()
@@ -123,8 +126,10 @@ class Supervisor:
     async def _load(self) -> None:
         """Everything that can refuse to start, before anything is started."""
         self.desired = await asyncio.to_thread(reload.read, self.paths.config_dir)
+        self.fleet = Fleet(self.paths, self._local_node_url, lambda: self.desired.config.engine.slots)
+        self.fleet.configure(self.desired.config)
         self.proxy = ProxyChild(self.paths, lambda: self.desired, self.environ, self.clock, self._on_transition,
-                                lambda: self.mood, on_change=self._write_records)
+                                lambda: self.mood, on_change=self._write_records, fleet=self.fleet)
         self.engine = EngineChild(lambda: self.desired, self.environ, self.clock, self._on_transition,
                                   lambda: self.mood, self.proxy.hold, on_change=self._write_records)
         programs = preflight.check(self.desired, self.environ)
@@ -134,6 +139,7 @@ class Supervisor:
             # A supervisor killed while holding requests leaves "hold 1" behind: start released.
             haproxy.set_hold_file(self.paths.state_dir, False)
             await asyncio.to_thread(self.proxy.prepare_tls, self.desired)
+            await self.fleet.refresh(proxy_running=False)
             await asyncio.to_thread(self.proxy.install, self.desired)
         self.loaded_at = _now_iso()
 
@@ -149,6 +155,10 @@ class Supervisor:
         else:
             await self.proxy.start(reason)
             await child.settled(child.lc.policy.startsecs + child.start_timeout)
+
+    def _local_node_url(self) -> str | None:
+        """Where a front reads its own engine's models: straight on loopback, once it runs."""
+        return self.engine.url if self.engine.present and self.engine.child.state == State.RUNNING else None
 
     def _on_transition(self, name: str, old: State, new: State, reason: str) -> None:
         """The one place every state change of every child is logged."""
@@ -173,6 +183,9 @@ class Supervisor:
                 plan = reload.plan(self.desired, new, self.paths.config_file.name)
                 programs = preflight.check(new, self.environ, running=self.desired)
                 cfg_changed = False
+                if plan.nodes:
+                    self.fleet.configure(new.config)
+                    await self.fleet.refresh(proxy_running=False)
                 had_tls = self.proxy.tls_ready
                 cert_changed = await asyncio.to_thread(self.proxy.prepare_tls, new)
                 tls_appeared = self.proxy.tls_ready != had_tls
@@ -199,6 +212,8 @@ class Supervisor:
                 await self.proxy.swap_certificate()
             if plan.engine is not None:
                 self.engine.request_restart(plan.engine)
+            if self.fleet.active:  # `reload` reads every node again, changed or not
+                await self._refresh_nodes()
             await self._serve_metrics()
             self.recorder.reload(ok=True)
             self.log.info("reloaded", trigger=why, changed=plan.changed(), rules=len(new.allowlist.rules))
@@ -241,6 +256,22 @@ class Supervisor:
                 self.log.info("tailnet_changed", old=list(old.addresses), new=list(now.addresses), names=list(now.names),
                               problem=now.tailnet_problem, peers=len(now.peers))
                 await self._reload_guarded("tailnet changed")
+
+    async def _follow_nodes(self) -> None:
+        """Every node's models, read again every 5 s and handed to HAProxy (no reload)."""
+        while True:
+            try:
+                await self._refresh_nodes()
+            except Exception:  # a bug here must not stop the reading for good
+                self.log.exception("nodes_refresh_failed")
+            await asyncio.sleep(nodes.POLL_S)
+
+    async def _refresh_nodes(self) -> None:
+        try:
+            await self.fleet.refresh(proxy_running=self.proxy.running())
+        except HaproxyRuntimeError as err:
+            self.fleet.forget_applied()
+            self.log.warning("nodes_apply_failed", error=str(err), reason="trying again at the next read")
 
     async def _renew_tls(self) -> None:
         """`tailscale cert` every 12 hours (it renews before expiry; a new one is swapped in), and

@@ -270,7 +270,7 @@ def test_https_with_the_magicdns_certificate_renewed_live(make_stack: Any) -> No
     state = tailscale_cli(stack)
     set_tailscale(state, ["100.100.77.1"])  # not on an interface here: only the names matter
     stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
-    stack.start()
+    stack.start(timers={"ai_server.tls.RENEW_EVERY_S": 1.0})  # every 12 hours, shortened here
     name = "mymac.tail1234.ts.net"
 
     def fetch() -> tuple[int, str]:
@@ -288,8 +288,7 @@ def test_https_with_the_magicdns_certificate_renewed_live(make_stack: Any) -> No
     tls = stack.status()["proxy"]["tls"]
     assert tls["domain"] == name and tls["not_after"] and tls["problem"] is None
     haproxy_pid = stack.child("haproxy")["pid"]
-    (state / "cert-days").write_text("30")
-    assert stack.cli("reload").returncode == 0  # the 12-hourly renewal, now
+    (state / "cert-days").write_text("30")  # the next `tailscale cert` gets a renewed one
     status, second = wait_for(lambda: (r := fetch()) and r[1] != first and r, 10, what="the renewed certificate")
     assert status == 200 and stack.child("haproxy")["pid"] == haproxy_pid and stack.events("tls_swapped")
 
@@ -300,7 +299,15 @@ def test_https_without_a_certificate_waits_and_never_serves_plain_http(make_stac
     set_tailscale(state, ["100.100.77.1"])
     (state / "cert.fail").write_text("500 Internal Server Error: your Tailscale account does not support getting TLS certs")
     stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
-    stack.start(wait=False)
+    stack.start(wait=False, timers={"ai_server.tls.RETRY_S": 0.5})
     data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
     assert data["proxy"]["waiting"].startswith("waiting for an HTTPS certificate") and "does not support" in data["proxy"]["waiting"]
     assert next(c for c in data["children"] if c["name"] == "haproxy")["state"] == "STOPPED"
+    plain = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", stack.url("/v1/models")],
+                           capture_output=True, text=True)
+    assert plain.stdout == "000"  # nothing listens: no plain HTTP in the meantime
+
+    # The account gains HTTPS: the retry timer (every minute; shortened here) gets it, unprompted.
+    (state / "cert.fail").unlink()
+    stack.wait_running()
+    assert "ssl crt" in (stack.state_dir / "haproxy.cfg").read_text()

@@ -107,24 +107,27 @@ def test_host_forms() -> None:
 
 
 def test_parse_access_log_line() -> None:
-    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- engine laptop qwen2.5-coder:7b interactive POST "
+    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- m3 studio-2:backup laptop qwen2.5-coder:7b interactive POST "
             "/v1/messages?beta=true")
     fields = parse_log(line)
     assert fields == {
         "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200, "client": "100.64.0.7",
-        "who": "laptop", "model": "qwen2.5-coder:7b", "priority": "interactive", "queue": False,
+        "who": "laptop", "model": "qwen2.5-coder:7b", "priority": "interactive", "queue": False, "node": "studio-2",
         "client_port": 51234, "bytes_out": 1532, "bytes_in": 301, "forwarded": True, "termination": "----",
         "t_request_ms": 0, "t_queue_ms": 0, "t_connect_ms": 1, "t_response_ms": 15, "t_total_ms": 2048}
     assert parse_log("Server engine/engine is DOWN") is None
-    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server - - - <BADREQ> /a#20b")
+    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <NOSRV> - - - <BADREQ> /a#20b")
     assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
-    assert weird["who"] == "unknown" and weird["model"] is None
+    assert weird["who"] == "unknown" and weird["model"] is None and weird["node"] is None
 
 
-def test_every_map_is_referenced_by_the_config() -> None:
+@pytest.mark.parametrize("fronting", [False, True])
+def test_every_map_is_referenced_by_the_config(fronting: bool) -> None:
     """A map the config does not name cannot be swapped live (the runtime API refuses it)."""
-    text = render(spec())
-    for item in map_files():
+    text = render(spec('[[node]]\nname = "a"\nurl = "http://127.0.0.5:11434"\n' if fronting else ""))
+    files = maps.every_map(DEFAULT, ("127.0.0.2",), 11434, (), Clients(), (), True, (), {} if fronting else None)
+    assert any(f.name == maps.NODE_MODELS for f in files) == fronting
+    for item in files:
         assert item.name in text or item.name == maps.MODEL_PATHS, item.name  # model-paths: read by the Lua
     from ai_server.haproxy.lua import lua
     assert maps.MODEL_PATHS in lua(1, True)

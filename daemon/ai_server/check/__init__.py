@@ -62,6 +62,8 @@ class Context:
         for child in self.status["children"]:
             if child["name"] == role or (role == "engine" and child["name"] != "haproxy"):
                 return child
+        if role == "engine" and self.status["proxy"].get("nodes") and not self.status["proxy"].get("engine_listen"):
+            raise Skip("this machine only fronts [[node]]s (engine.kind = \"none\"): run `ai-server check` on each node")
         raise Fail(f"no {role} child in the supervisor's status")
 
     @property
@@ -75,6 +77,7 @@ class Context:
     def engine_url(self) -> str:
         listen = (self.status or {}).get("proxy", {}).get("engine_listen")
         if not listen:
+            self.child("engine")  # a front without an engine: says so
             raise Skip("the engine listens nowhere yet")
         return f"http://{listen}"
 

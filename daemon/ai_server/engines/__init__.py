@@ -41,7 +41,8 @@ class Engine(Protocol):
 
 
 def engine_for(kind: str) -> Engine:
-    from ai_server.engines import llama_server, ollama
+    from ai_server.engines import llama_server, none, ollama
 
-    engines: dict[str, Engine] = {"ollama": ollama.Ollama(), "llama-server": llama_server.LlamaServer()}
+    engines: dict[str, Engine] = {"ollama": ollama.Ollama(), "llama-server": llama_server.LlamaServer(),
+                                  "none": none.NoEngine()}
     return engines[kind]

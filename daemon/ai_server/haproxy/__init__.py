@@ -45,7 +45,7 @@ def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir
     """haproxy.cfg and the maps, checked together before any replaces what the proxy runs on.
     True when haproxy.cfg itself changed (a reload is needed); False when only the maps did
     (runtime.swap applies them live)."""
-    ollama = spec.config.engine.kind == "ollama"
+    ollama = spec.config.engine.kind == "ollama" and not spec.config.fronting
     for item in map_files:
         atomic_write(state_dir / (item.name + TRIAL), item.text())
     if spec.lua:

@@ -6,9 +6,11 @@ HAProxy escapes control bytes and spaces in a logged URI as #XX.
 
 from __future__ import annotations
 
+from ai_server.nodes import node_of
+
 LOG_TAG = "ai-server-request"
 # who (the client) and the model are our variables: validated names, never free text.
-LOG_FORMAT = (f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %[var(txn.client)] %[var(txn.model)] "
+LOG_FORMAT = (f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %s %[var(txn.client)] %[var(txn.model)] "
               "%[var(txn.priority)] %HM %HU")
 _LOG_FIELDS = LOG_FORMAT.count(" ")
 
@@ -28,8 +30,8 @@ def parse_log(line: str) -> dict[str, object] | None:
     parts = line.split(" ", _LOG_FIELDS)
     if len(parts) != _LOG_FIELDS + 1:
         return None
-    (_, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, who,
-     model, priority, method, uri) = parts
+    (_, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, server,
+     who, model, priority, method, uri) = parts
     path, _, query = uri.partition("?")
     return {
         "method": method,
@@ -43,8 +45,9 @@ def parse_log(line: str) -> dict[str, object] | None:
         "client_port": _number(port),
         "bytes_out": _number(bytes_out),
         "bytes_in": _number(bytes_in),
-        "forwarded": backend in ("engine", "generate"),
+        "forwarded": backend in ("engine", "generate", "any_node") or node_of(backend, server) is not None,
         "queue": backend == "generate",
+        "node": node_of(backend, server),
         "termination": term,
         # Milliseconds, as HAProxy measures them: headers received, queue, connect to the
         # engine, engine's first response byte, and the whole exchange. -1: did not happen.

@@ -32,6 +32,9 @@ CLIENT_RPM = "client-rpm.map"
 CLIENT_RETRY = "client-retry.map"
 CLIENT_CONCURRENCY = "client-concurrency.map"
 CLIENT_PRIORITY = "client-priority.map"
+NODE_MODELS = "node-models.map"
+NODE_UNION = "node-union.map"
+FRONTS = "fronts.map"
 
 _SAFE = re.compile(r"[\x21-\x7e]+")
 
@@ -153,9 +156,24 @@ def client_maps(clients: Clients, allowlist: Allowlist, peers: Iterable[Peer], o
     ]
 
 
+def fronts_map(fronts: Iterable[str]) -> MapFile:
+    return make(FRONTS, "addresses of the ai-servers that front this one (proxy.fronts)", ((a, "1") for a in fronts))
+
+
+def node_maps(assignment: dict[str, str], answers: dict[str, str]) -> list[MapFile]:
+    """Where a model goes (model -> model backend) and the front's own answers (union lists)."""
+    return [make(NODE_MODELS, "model -> the backend of the nodes that have it", sorted(assignment.items())),
+            make(NODE_UNION, "the front's answers: v1 (/v1/models), tags (/api/tags), list (for a 404)",
+                 sorted(answers.items()))]
+
+
 def every_map(allowlist: Allowlist, addresses: Iterable[str], port: int, names: Iterable[str], clients: Clients,
-              peers: Iterable[Peer], ollama: bool) -> list[MapFile]:
+              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = (),
+              assignment: dict[str, str] | None = None, answers: dict[str, str] | None = None) -> list[MapFile]:
     """Every map haproxy.cfg reads, in the order they are swapped in: the allowlist's routes
-    before its paths, then Host names, then who may use what."""
-    return [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
-            *client_maps(clients, allowlist, peers, ollama)]
+    before its paths, then Host names, then who may use what, then where models go."""
+    files = [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
+             *client_maps(clients, allowlist, peers, ollama), fronts_map(fronts)]
+    if assignment is not None:  # fronting [[node]]s: the config reads these too
+        files += node_maps(assignment, answers or {"v1": "-", "tags": "-", "list": "[]"})
+    return files

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ai_server.config import METHODS, Config
+from ai_server import nodes
+from ai_server.config import LOCAL_NODE, METHODS, Config
 from ai_server.haproxy import maps
 from ai_server.haproxy.logfmt import LOG_FORMAT
 from ai_server.haproxy.lua import LUA
@@ -21,6 +22,8 @@ STATS_SOCKET = "haproxy.sock"
 LOG_SOCKET = "haproxy-log.sock"
 TLS_PEM = "tls.pem"
 GATE_SOCKET = "gate.sock"
+LOCAL_SOCKET = "local.sock"
+CLIENT_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Requests that make the engine generate (or embed): they wait for one of its slots. Everything
 # else (model lists, versions, details) is cheap and never waits behind them.
 GENERATION_PATHS = ("/v1/chat/completions /v1/completions /v1/messages /v1/responses /v1/embeddings "
@@ -29,6 +32,8 @@ PRIORITY_CLASSES = ("interactive", "normal", "batch")
 # Retry-After when the queue is full or a request waited its whole proxy.queue_timeout: a few
 # seconds, long enough for a slot to turn over, short enough for an interactive client.
 RETRY_AFTER_S = 5
+# On /v1/models answers: how many generations this node runs at once (a front's maxconn for it).
+SLOTS_HEADER = "X-Ai-Server-Slots"
 # Room above the largest body for the request line and headers (HAProxy keeps both in one buffer).
 HEADROOM = 64 * 1024
 MAX_URL = 8 * 1024
@@ -59,6 +64,11 @@ class RenderInput:
     map_suffix: str = ""
     # HTTPS with tls.pem (the MagicDNS certificate, proxy.tls = "tailscale").
     tls: bool = False
+    # Fronting [[node]]s: each model backend's servers, as the supervisor last set them
+    # ("ready", "drain"), so a reload starts where the running proxy was; and each
+    # node's slots.
+    node_states: tuple[tuple[tuple[str, str], str], ...] = ()
+    node_slots: tuple[tuple[str, int], ...] = ()
 
 
 def bind_address(address: str, port: int) -> str:
@@ -83,7 +93,15 @@ def _refusal(status: int, reason: str, message: str) -> str:
 
 
 def render(spec: RenderInput) -> str:
-    return "\n".join([*_global(spec), "", *_defaults(spec), "", *_frontend(spec), "", *_backends(spec), ""])
+    parts = [*_global(spec), "", *_defaults(spec), "", *_frontend(spec), ""]
+    if spec.config.fronting:
+        parts += [*_node_backends(spec), ""]
+        if spec.config.engine.kind != "none":
+            parts += [*_local_frontend(spec), ""]
+    if spec.config.engine.kind != "none":
+        parts += [*_engine_backends(spec), ""]
+    parts += _tables()
+    return "\n".join(parts)
 
 
 def _global(spec: RenderInput) -> list[str]:
@@ -167,14 +185,17 @@ def _frontend(spec: RenderInput) -> list[str]:
         f"    http-request return status 414 {_json(414, 'request target too long')} if {{ url,length gt {MAX_URL} }}",
         f"    http-request return status 431 {_json(431, 'request headers too large')} if {{ req.hdrs,length gt {MAX_HEADERS} }}",
         "",
+        "    # A front (proxy.fronts) passes requests on with the name of who is calling.",
+        f"    acl from_front src,map_ip({maps.FRONTS}{m}) -m found",
         "    # DNS rebinding: a web page on another name must not reach the engine through this",
         f"    # proxy. The Host must name this server ({maps.HOSTS}: its addresses, MagicDNS names",
-        "    # and proxy.server_names), or be localhost on a loopback listener.",
+        "    # and proxy.server_names), or be localhost on a loopback listener. (A front checked",
+        "    # its own.)",
         f"    acl host_ours req.hdr(host),lower,map_str({maps.HOSTS}{m}) -m found",
         "    acl host_local req.hdr(host),lower -m reg ^(localhost|localhost\\.)(:[0-9]+)?$",
         "    acl on_loopback dst -m ip 127.0.0.0/8 ::1",
         f"    http-request return status 421 {_json(421, 'this Host does not name this server (proxy.server_names)')} "
-        "unless host_ours or host_local on_loopback",
+        "unless host_ours or host_local on_loopback or from_front",
         "",
         "    # Request bodies: a declared length, and not too large.",
         "    # req.hdr_val stops at 32 bits: a Content-Length too long to compare is refused as too large.",
@@ -216,6 +237,23 @@ def _frontend(spec: RenderInput) -> list[str]:
         "",
         *_policy(spec),
     ]
+    lines.append("    # Headers only the proxy may set (option forwardfor adds X-Forwarded-For), and the")
+    lines.append("    # client's ai-server token, which is the proxy's business only.")
+    lines += [f"    http-request del-header {header}" for header in DROPPED_HEADERS]
+    lines += ["    http-request del-header Authorization if { var(txn.token) -m found }",
+              "    http-request del-header X-Api-Key if { var(txn.key) -m found }"]
+    if spec.config.fronting:
+        return lines + _node_routing(spec)
+    lines += _local_routing(spec)  # (a front routes to its own engine through its `local` frontend)
+    # A front reads how many generations this node runs at once (its maxconn there).
+    lines.append(f"    http-response set-header {SLOTS_HEADER} {spec.config.engine.slots} if {{ var(txn.path) -m str /v1/models }}")
+    return lines
+
+
+def _local_routing(spec: RenderInput) -> list[str]:
+    """To this machine's engine: held while it restarts, generations through the queue."""
+    engine_addr = f"127.0.0.1:{spec.config.engine.port}"
+    lines: list[str] = []
     if spec.lua:
         lines += [
             "    # While the supervisor drains and restarts the engine, allowed requests wait here",
@@ -223,13 +261,7 @@ def _frontend(spec: RenderInput) -> list[str]:
             f"    http-request lua.ai_server_hold if {{ str(hold),map({maps.HOLD},0) -m str 1 }}",
             "",
         ]
-    lines.append("    # Headers only the proxy may set (option forwardfor adds X-Forwarded-For), and the")
-    lines.append("    # client's ai-server token, which is the proxy's business only.")
-    lines += [f"    http-request del-header {header}" for header in DROPPED_HEADERS]
-    lines += ["    http-request del-header Authorization if { var(txn.token) -m found }",
-              "    http-request del-header X-Api-Key if { var(txn.key) -m found }"]
-    engine_addr = f"127.0.0.1:{spec.config.engine.port}"
-    lines += [
+    return lines + [
         "    # The engine sees its own loopback name: Ollama refuses a Host it does not consider",
         "    # local, and the check above has already made sure the client's named this server.",
         f"    http-request set-header Host {engine_addr}",
@@ -237,7 +269,46 @@ def _frontend(spec: RenderInput) -> list[str]:
         *_queue(spec),
         "    default_backend engine",
     ]
-    return lines
+
+
+def _node_routing(spec: RenderInput) -> list[str]:
+    m = spec.map_suffix
+    unknown = ("content-type application/json lf-string '{\"error\":\"no node has this model\","
+               "\"model\":\"%[var(txn.model)]\",\"models\":%[str(list),map_str(" + maps.NODE_UNION + m + ",[])],"
+               "\"status\":404}'")
+    return [
+        "    # Several machines behind this address ([[node]]): a request goes to a node that has",
+        f"    # its model ({maps.NODE_MODELS}: model -> the backend of the nodes that have it,",
+        "    # swapped in live by the supervisor as it reads what each node has). The model lists",
+        "    # are the union across nodes, answered here.",
+        f"    http-request return status 200 content-type application/json lf-string \"%[str(v1),map_str({maps.NODE_UNION}{m},-)]\" "
+        "if { path /v1/models } METH_GET",
+        f"    http-request return status 200 content-type application/json lf-string \"%[str(tags),map_str({maps.NODE_UNION}{m},-)]\" "
+        "if { path /api/tags } METH_GET",
+        f"    http-request set-var(txn.node_backend) var(txn.model),map_str({maps.NODE_MODELS}{m}) if {{ var(txn.model) -m found }}",
+        f"    http-request return status 404 {unknown} if {{ var(txn.model) -m found }} !{{ var(txn.node_backend) -m found }}",
+        "    # Who is calling, for the node: it trusts this from its fronts only (proxy.fronts).",
+        "    http-request set-header X-Ai-Server-Client %[var(txn.client)]",
+        "    http-request set-header X-Ai-Server-Class %[var(txn.priority)]",
+        "    use_backend %[var(txn.node_backend)] if { var(txn.node_backend) -m found }",
+        "    # A request that names no model (/api/version, say): any node.",
+        "    default_backend any_node",
+    ]
+
+
+def _local_frontend(spec: RenderInput) -> list[str]:
+    return [
+        "frontend local",
+        "    # This machine's own engine, as one of the nodes: the front has judged the request;",
+        "    # here it waits for the engine like any local request.",
+        f"    bind unix@{LOCAL_SOCKET} mode 600",
+        "    no log",
+        f"    http-request set-var(txn.client) req.hdr(x-ai-server-client) if {{ req.hdr(x-ai-server-client) -m reg {CLIENT_NAME} }}",
+        "    http-request set-var(txn.priority) req.hdr(x-ai-server-class)",
+        "    http-request del-header X-Ai-Server-Client",
+        "    http-request del-header X-Ai-Server-Class",
+        *_local_routing(spec),
+    ]
 
 
 def _queue(spec: RenderInput) -> list[str]:
@@ -267,6 +338,11 @@ def _queue(spec: RenderInput) -> list[str]:
 def _identity(spec: RenderInput) -> list[str]:
     m = spec.map_suffix
     return [
+        "    # From a front (proxy.fronts), who is calling is what it says; from anyone else, saying",
+        "    # it is refused.",
+        f"    http-request return status 403 {_json(403, 'only a front (proxy.fronts) may say who is calling')} "
+        "if { req.hdr_cnt(x-ai-server-client) gt 0 } !from_front",
+        f"    http-request set-var(txn.client) req.hdr(x-ai-server-client) if from_front {{ req.hdr(x-ai-server-client) -m reg {CLIENT_NAME} }}",
         "    # Who is calling (clients.toml): a token, else the tailnet peer the connection comes",
         "    # from, else \"unknown\". A token is `ais_` and 43 more characters, in Authorization:",
         "    # Bearer or x-api-key; anything else there (the dummy keys SDKs insist on) is no token.",
@@ -280,7 +356,7 @@ def _identity(spec: RenderInput) -> list[str]:
         f"    http-request set-var(txn.key) req.hdr(x-api-key) if {{ req.hdr(x-api-key) -m reg '^{TOKEN_PATTERN}$' }}",
         "    http-request set-var(txn.token) var(txn.key) if !{ var(txn.token) -m found } { var(txn.key) -m found }",
         f"    http-request set-var(txn.client) var(txn.token),sha2(256),hex,lower,map_str({maps.TOKENS}{m}) "
-        "if { var(txn.token) -m found }",
+        "if { var(txn.token) -m found } !{ var(txn.client) -m found }",
         f"    http-request return status 401 {_json(401, 'unknown or malformed ai-server token')} hdr WWW-Authenticate Bearer "
         "if token_attempt !{ var(txn.client) -m found }",
         f"    http-request return status 401 {_json(401, 'two different ai-server tokens')} hdr WWW-Authenticate Bearer "
@@ -340,7 +416,7 @@ def _policy(spec: RenderInput) -> list[str]:
     return lines
 
 
-def _backends(spec: RenderInput) -> list[str]:
+def _engine_backends(spec: RenderInput) -> list[str]:
     engine_addr = f"127.0.0.1:{spec.config.engine.port}"
     proxy = spec.config.proxy
     busy = ("content-type application/json lf-string '{\"error\":\"no engine slot came free within "
@@ -365,6 +441,17 @@ def _backends(spec: RenderInput) -> list[str]:
         "    http-request del-header X-Ai-Server-Client",
         "    default_backend engine",
         "",
+        "backend engine",
+        "    option httpchk",
+        f"    http-check send meth GET uri {spec.engine_health_path} ver HTTP/1.1 hdr Host {engine_addr}",
+        "    http-check expect status 200",
+        "    # Checked every second; while down, every 250 ms, so a restarted engine is back at once.",
+        f"    server engine {engine_addr} check inter 1s downinter 250ms fall 2 rise 1",
+    ]
+
+
+def _tables() -> list[str]:
+    return [
         "backend clients",
         "    # Per client: requests in the last minute (rpm) and streams tracking it (in flight).",
         "    stick-table type string len 64 size 10k expire 10m store http_req_rate(60s)",
@@ -379,10 +466,80 @@ def _backends(spec: RenderInput) -> list[str]:
         "backend running_clients",
         "    stick-table type string len 64 size 10k expire 10m",
         "",
-        "backend engine",
-        "    option httpchk",
-        f"    http-check send meth GET uri {spec.engine_health_path} ver HTTP/1.1 hdr Host {engine_addr}",
-        "    http-check expect status 200",
-        "    # Checked every second; while down, every 250 ms, so a restarted engine is back at once.",
-        f"    server engine {engine_addr} check inter 1s downinter 250ms fall 2 rise 1",
     ]
+
+
+def _node_backends(spec: RenderInput) -> list[str]:
+    cfg = spec.config
+    states = dict(spec.node_states)
+    slots = dict(spec.node_slots)
+    local = cfg.engine.kind != "none"
+    gone = ("content-type application/json lf-string '{\"error\":\"no node that has this model answers\","
+            "\"model\":\"%[var(txn.model)]\",\"status\":503}' " f"hdr Retry-After {RETRY_AFTER_S}")
+    lines = []
+    for node in cfg.nodes:
+        lines += [
+            f"backend node_{node.name}",
+            f"    # {node.name} ({node.url}): its health. A node that stops answering is out within 2 s, back",
+            "    # within a few once it answers again. Its proxy answering (even 403) means it serves.",
+            "    option httpchk",
+            f"    http-check send meth GET uri /v1/models ver HTTP/1.1 hdr Host {node.address}",
+            "    http-check expect rstatus ^[234]",
+            # Connect waits min(timeout connect, inter), then the answer `timeout check`; after one
+            # miss the next check comes at fastinter: two misses take at most 0.5+0.5+0.2+0.5 s.
+            "    timeout check 500ms",
+            f"    server {node.name} {node.address} check inter 500ms fastinter 200ms fall 2 rise 2",
+            "",
+        ]
+
+    def servers(backend: str, backups: bool) -> list[str]:
+        out = []
+        targets = [(n.name, n.address, f"node_{n.name}/{n.name}") for n in cfg.nodes]
+        if local:
+            targets.append((LOCAL_NODE, f"unix@{LOCAL_SOCKET}", "engine/engine"))
+        for name, address, tracked in targets:
+            for server, backup in ((name, ""), (nodes.backup_name(name), " backup")):
+                if backup and not backups:
+                    continue
+                # Not ready: disabled (maint) at start, when nothing is in flight; the supervisor
+                # then sets it to drain, and never to maint again (see nodes.server_states).
+                state = states.get((backend, server), "drain" if backups else "ready")
+                flags = "" if state == "ready" else " disabled"
+                limit = f" maxconn {slots[name]}" if slots.get(name) else ""
+                out.append(f"    server {server} {address}{backup} track {tracked}{limit}{flags} "
+                           "on-marked-down shutdown-sessions")
+        return out
+
+    for i in range(nodes.MODEL_BACKENDS):
+        lines += [
+            f"backend m{i}",
+            *(["    # One model's nodes (which model: node-models.map). Nodes that have it loaded are",
+               "    # the servers; nodes that have it but not loaded, their backups, used only when no",
+               "    # loaded one answers. Among either, the fewest in flight. A node that dies takes",
+               "    # its streams with it (shutdown-sessions): they end at once, never hang."] if i == 0 else []),
+            "    balance leastconn",
+            "    option allbackups",
+            *(["    # A node that refuses the connection (or does not take it within 1 s): the request,",
+               "    # not yet sent, is tried again on another node (retry-on conn-failure only). When",
+               "    # every other node is at its maxconn, HAProxy can only pick the dead one again: a",
+               "    # silent node's 1 s connect timeouts then outlast the health check (the request",
+               "    # queues for a live node); a refusing one fails at once, 503, until it is marked",
+               "    # down (at most 0.7 s)."] if i == 0 else []),
+            "    retries 3",
+            "    option redispatch 1",
+            "    timeout connect 1s",
+            f"    http-error status 503 {gone}",
+            *servers(f"m{i}", backups=True),
+            "",
+        ]
+    lines += [
+        "backend any_node",
+        "    # Requests that name no model: any node, the fewest in flight.",
+        "    balance leastconn",
+        "    retries 3",
+        "    option redispatch 1",
+        "    timeout connect 1s",
+        f"    http-error status 503 {gone}",
+        *servers("any_node", backups=False),
+    ]
+    return lines

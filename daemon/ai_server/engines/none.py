@@ -1,0 +1,34 @@
+"""No engine: a machine that only fronts others (`[engine] kind = "none"` with [[node]]s)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import httpx
+
+from ai_server.config import EngineConfig, WarmConfig
+from ai_server.engines import Progress
+from ai_server.errors import WarmError
+
+
+class NoEngine:
+    kind = "none"
+    health_path = "/"
+    has_metrics = False
+    install_hint = ""
+
+    def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
+        return []
+
+    def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
+        return {}
+
+    async def models(self, client: httpx.AsyncClient) -> list[str]:
+        return []
+
+    async def metrics(self, client: httpx.AsyncClient) -> list[tuple[str, str]]:
+        return []
+
+    async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
+                   progress: Progress) -> str:
+        raise WarmError("this machine has no engine (engine.kind = \"none\"): warm the models on the nodes")

@@ -1,0 +1,124 @@
+"""[[node]] in ai-server.toml, and the pure half of fronting: which backend a model goes to,
+which servers are ready, the union the front answers, and a fronting haproxy.cfg that the real
+`haproxy -c` accepts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ai_server import config, haproxy, nodes
+from ai_server.clients import Clients
+from ai_server.errors import ConfigError
+from ai_server.haproxy import maps
+from ai_server.haproxy.render import RenderInput, render
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+TWO = '[[node]]\nname = "studio-2"\nurl = "http://100.64.0.2:11434"\n[[node]]\nname = "linux.gpu"\nurl = "http://100.64.0.3:8080/"\n'
+
+
+def test_nodes_are_read_in_order() -> None:
+    cfg = config.parse_config('[engine]\nkind = "none"\n' + TWO)
+    assert [(n.name, n.url, n.address) for n in cfg.nodes] == [
+        ("studio-2", "http://100.64.0.2:11434", "100.64.0.2:11434"),
+        ("linux.gpu", "http://100.64.0.3:8080", "100.64.0.3:8080")]
+    assert cfg.fronting and cfg.engine.command == ()
+    six = config.parse_config('[[node]]\nname = "v6"\nurl = "http://[fd7a:115c:a1e0::2]:11434"\n')
+    assert six.nodes[0].address == "[fd7a:115c:a1e0::2]:11434" and six.engine.kind == "ollama"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[[node]]\nname = "a"\n', "missing"),
+    ('[[node]]\nurl = "http://100.64.0.2:1"\n', "missing"),
+    ('[[node]]\nname = "local"\nurl = "http://100.64.0.2:1"\n', "this machine's own engine"),
+    ('[[node]]\nname = "a b"\nurl = "http://100.64.0.2:1"\n', "letters, digits"),
+    ('[[node]]\nname = "a:backup"\nurl = "http://100.64.0.2:1"\n', "letters, digits"),
+    ('[[node]]\nname = "x\\ny"\nurl = "http://100.64.0.2:1"\n', "letters, digits"),
+    ('[[node]]\nname = "a"\nurl = "https://100.64.0.2:1"\n', "http://ADDRESS:PORT"),
+    ('[[node]]\nname = "a"\nurl = "http://100.64.0.2"\n', "http://ADDRESS:PORT"),
+    ('[[node]]\nname = "a"\nurl = "http://100.64.0.2:1/v1"\n', "http://ADDRESS:PORT"),
+    ('[[node]]\nname = "a"\nurl = "http://h:1 check"\n', "http://ADDRESS:PORT"),
+    ('[[node]]\nname = "a"\nurl = "http://100.64.0.2:70000"\n', "1 to 65535"),
+    # HAProxy resolves names once, at start, and would hang or refuse to start without DNS.
+    ('[[node]]\nname = "a"\nurl = "http://gpu.tail1234.ts.net:11434"\n', "tailscale ip -4"),
+    ('[[node]]\nname = "a"\nurl = "http://100.64.0.2:1"\nweight = 3\n', "unknown key"),
+    ('[[node]]\nname = "a"\nurl = "http://100.64.0.2:1"\n[[node]]\nname = "a"\nurl = "http://100.64.0.3:1"\n', "already a node"),
+    ('node = "a"\n', "[[node]] tables"),
+    ('[engine]\nkind = "none"\n', "only fronts others"),
+    ('[proxy]\nfronts = ["front.example"]\n', "not an IP address"),
+])
+def test_node_errors(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match="ai-server.toml") as info:
+        config.parse_config(text)
+    assert words in str(info.value)
+
+
+def state(name: str, models: dict[str, bool], drained: bool = False) -> nodes.NodeState:
+    return nodes.NodeState(name, models=models, listed={m: m for m in models}, drained=drained)
+
+
+def test_assignment_keeps_a_model_where_it_was() -> None:
+    first = nodes.assign({}, ["b", "a"])
+    assert first == {"a": "m0", "b": "m1"}
+    second = nodes.assign(first, ["b", "c"])
+    assert second == {"b": "m1", "c": "m0"}  # b stays; a's backend is free for c
+    many = nodes.assign({}, [f"x{i:02d}" for i in range(70)], capacity=64)
+    assert len(many) == 64 and set(many.values()) == {f"m{i}" for i in range(64)}  # the rest: logged, not routed
+
+
+def test_loaded_nodes_are_servers_the_others_backups() -> None:
+    assignment = {"qwen": "m0", "llama": "m1"}
+    states = [state("a", {"qwen": True}), state("b", {"qwen": False, "llama": True}), state("c", {"llama": True}, drained=True)]
+    got = nodes.server_states(assignment, states, capacity=3)
+    assert got[("m0", "a")] == "ready" and got[("m0", nodes.backup_name("a"))] == "drain"
+    assert got[("m0", "b")] == "drain" and got[("m0", nodes.backup_name("b"))] == "ready"
+    assert got[("m1", "b")] == "ready" and got[("m1", "c")] == "drain"  # in flight finishes, nothing new
+    assert all(v == "drain" for (backend, _), v in got.items() if backend == "m2")
+    assert "maint" not in got.values()  # with shutdown-sessions, maint would cut what is in flight
+    assert nodes.node_of("m1", nodes.backup_name("b")) == "b" and nodes.node_of("engine", "engine") is None
+
+
+def test_union_lists_each_model_once_as_a_node_spells_it() -> None:
+    a = nodes.NodeState("a", models={"qwen:7b": True}, listed={"qwen:7b": "qwen:7b"})
+    b = nodes.NodeState("b", models={"qwen:7b": False, "llama3": False}, listed={"qwen:7b": "qwen:7b", "llama3": "Llama3"})
+    answers = nodes.union([a, b])
+    assert [m["id"] for m in json.loads(answers["v1"])["data"]] == ["Llama3", "qwen:7b"]
+    assert json.loads(answers["list"]) == ["Llama3", "qwen:7b"]
+    assert nodes.model_keys("Llama3:latest", ollama=True) == ["llama3:latest", "llama3"]
+    assert nodes.model_keys('evil"name', ollama=False) == []  # never reaches a map
+
+
+@pytest.mark.parametrize("cfg_text", [
+    '[engine]\nkind = "none"\n' + TWO,
+    '[engine]\nparallel = 2\n' + TWO,  # the front's own engine is one more node
+    '[engine]\nkind = "none"\n[proxy]\ntls = "tailscale"\n' + TWO,
+])
+def test_fronting_config_passes_haproxy_check(tmp_path: Path, cfg_text: str) -> None:
+    cfg = config.parse_config(cfg_text)
+    allow = config.parse_allowlist(config.default_text("allowlist.toml"))
+    assignment = nodes.assign({}, ["qwen2.5-coder:7b", "llama3:8b"])
+    states = [state("studio-2", {"qwen2.5-coder:7b": True}), state("linux.gpu", {"llama3:8b": False}, drained=True)]
+    answers = nodes.union(states)
+    files = maps.every_map(allow, ("100.64.0.1",), 11434, (), Clients(), (), True, (), assignment, answers)
+    tls = "tls" in cfg_text
+    if tls:
+        (tmp_path / "tls.pem").write_text(_self_signed(tmp_path))
+    spec = RenderInput(cfg, ("100.64.0.1",), tls=tls,
+                       node_states=tuple(sorted(nodes.server_states(assignment, states).items())),
+                       node_slots=(("studio-2", 2), ("linux.gpu", 4)))
+    assert haproxy.install(HAPROXY, spec, files, tmp_path)
+    text = render(spec)
+    assert "server studio-2 100.64.0.2:11434 check inter 500ms" in text
+    assert "server linux.gpu:backup 100.64.0.3:8080 backup track node_linux.gpu/linux.gpu maxconn 4" in text
+    assert ("server local unix@local.sock" in text) == (cfg.engine.kind != "none")
+
+
+def _self_signed(where: Path) -> str:
+    import subprocess
+    key, crt = where / "k.pem", where / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                    "-days", "1", "-subj", "/CN=front.tail1234.ts.net"], check=True, capture_output=True)
+    return crt.read_text() + key.read_text()
