@@ -138,8 +138,12 @@ def test_anthropic_messages(claude: anthropic.Anthropic, model: str) -> None:
 
 
 def test_anthropic_streaming_event_sequence(claude: anthropic.Anthropic, model: str) -> None:
+    # Temperature 0: this llama.cpp build omits message_start when the first token is a
+    # multi-byte character (with or without the proxy; see the test below), and sampling made
+    # that happen about one run in seven. Greedy, this prompt starts with a plain word.
     kinds = []
-    with claude.messages.stream(model=model, max_tokens=24, messages=[{"role": "user", "content": "Say hello"}]) as stream:
+    with claude.messages.stream(model=model, max_tokens=24, extra_body={"temperature": 0},
+                                messages=[{"role": "user", "content": "Say hello"}]) as stream:
         for event in stream:
             kinds.append(event.type)
         final = stream.get_final_message()

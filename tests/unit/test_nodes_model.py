@@ -49,6 +49,10 @@ def test_nodes_are_read_in_order() -> None:
     ('node = "a"\n', "[[node]] tables"),
     ('[engine]\nkind = "none"\n', "only fronts others"),
     ('[proxy]\nfronts = ["front.example"]\n', "not an IP address"),
+    ('[proxy]\nfronts = ["100.64.0.1\\n"]\n', "not an IP address"),
+    ('[proxy]\nfronts = ["100.64.0.1 100.64.0.2"]\n', "not an IP address"),
+    ('[[node]]\nname = "a"\nurl = "http://100.64.0.2:1\\n"\n', "http://ADDRESS:PORT"),
+    ('[[node]]\nname = "a\\n"\nurl = "http://100.64.0.2:1"\n', "letters, digits"),
 ])
 def test_node_errors(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match="ai-server.toml") as info:
