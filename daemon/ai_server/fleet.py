@@ -137,8 +137,6 @@ class Fleet:
             servers = [r for r in rows if (r.get("pxname", "").startswith("m") or r.get("pxname") == "any_node")
                        and r.get("svname") in (name, nodes.backup_name(name))]
             health = next((r.get("status", "") for r in rows if r.get("pxname") == f"node_{name}" and r.get("svname") == name), "")
-            if name == LOCAL_NODE:
-                health = next((r.get("status", "") for r in rows if r.get("pxname") == "engine" and r.get("svname") == "engine"), "")
             out.append({
                 "name": name, "url": self.urls.get(name) or "(this machine's engine)",
                 "state": "DRAIN" if state.drained else (health.split(" ")[0] or "UNKNOWN"),

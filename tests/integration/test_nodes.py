@@ -58,7 +58,7 @@ def build() -> Iterator[Any]:
     lan.destroy()
     stacks: list[Stack] = []
 
-    def make(names: tuple[str, ...], front_models: str | None = None) -> Fleet:
+    def make(names: tuple[str, ...], front_models: str | None = None, front_env: dict[str, str] | None = None) -> Fleet:
         lan.create(["front", *names])
         nodes = {}
         for name in names:
@@ -73,7 +73,7 @@ def build() -> Iterator[Any]:
                 f'[[client]]\nname = "laptop"\ntoken_sha256 = "{"0" * 64}"\nmodels = ["smollm2:*"]\n')
             stack.start()
             nodes[name] = stack
-        front = lan_stack(lan, "front", {"FAKE_OLLAMA_MODELS": front_models} if front_models else None)
+        front = lan_stack(lan, "front", {"FAKE_OLLAMA_MODELS": front_models, **(front_env or {})} if front_models else None)
         stacks.append(front)
         node_tables = "".join(f'[[node]]\nname = "{n}"\nurl = "http://{lan.address(n)}:{s.proxy_port}"\n'
                               for n, s in nodes.items())
@@ -282,3 +282,20 @@ def test_check_and_status_on_a_front_without_an_engine(fleet: Fleet) -> None:
     assert "only fronts" in checks["engine unreachable from the tailnet address"]["detail"]
     warm = fleet.front.cli("warm", "llama3:8b")
     assert warm.returncode == 1 and "warm the models on the nodes" in warm.stderr
+
+
+def test_the_fronts_own_engine_restarts_without_failing_what_waits_for_it(build: Any) -> None:
+    """Requests held on the front while its own engine restarts are served after, as on a
+    single machine: the local node going down must not cut them (shutdown-sessions is for
+    remote nodes, whose connections would otherwise hang)."""
+    fleet = build(("n1",), front_models="phi3:mini", front_env={"FAKE_OLLAMA_START_DELAY": "3"})
+    front = fleet.front
+    assert fleet.post("phi3:mini").status_code == 200
+    restart: dict[str, Any] = {}
+    restarter = threading.Thread(target=lambda: restart.update(result=front.cli("restart", "ollama")))
+    restarter.start()
+    wait_for(lambda: front.events("hold"), 10, what="requests held")
+    during = fleet.post("phi3:mini")  # sent while the engine restarts: waits, then served
+    restarter.join(60)
+    assert restart["result"].returncode == 0, restart["result"].stderr
+    assert during.status_code == 200, during.text

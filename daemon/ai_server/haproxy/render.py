@@ -23,6 +23,9 @@ LOG_SOCKET = "haproxy-log.sock"
 TLS_PEM = "tls.pem"
 GATE_SOCKET = "gate.sock"
 LOCAL_SOCKET = "local.sock"
+# A front's health check of its own engine, answered by its `local` frontend (never reachable
+# from outside: that frontend listens on a unix socket only).
+LOCAL_HEALTH_PATH = "/ai-server/local-health"
 CLIENT_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Requests that make the engine generate (or embed): they wait for one of its slots. Everything
 # else (model lists, versions, details) is cheap and never waits behind them.
@@ -307,6 +310,13 @@ def _local_frontend(spec: RenderInput) -> list[str]:
         "    http-request set-var(txn.priority) req.hdr(x-ai-server-class)",
         "    http-request del-header X-Ai-Server-Client",
         "    http-request del-header X-Ai-Server-Class",
+        "    # The front's health check of this node: ready while the engine answers, and while a",
+        "    # restart is under way (what arrives then waits here for it, as on a single machine).",
+        f"    acl local_health path {LOCAL_HEALTH_PATH}",
+        f"    http-request return status 200 content-type text/plain string ready if local_health {{ str(hold),map({maps.HOLD},0) -m str 1 }}",
+        "    http-request set-var(txn.local_health) bool(1) if local_health",
+        f"    http-request set-path {spec.engine_health_path} if local_health",
+        "    use_backend engine if { var(txn.local_health) -m bool }",
         *_local_routing(spec),
     ]
 
@@ -477,6 +487,18 @@ def _node_backends(spec: RenderInput) -> list[str]:
     gone = ("content-type application/json lf-string '{\"error\":\"no node that has this model answers\","
             "\"model\":\"%[var(txn.model)]\",\"status\":503}' " f"hdr Retry-After {RETRY_AFTER_S}")
     lines = []
+    if local:
+        lines += [
+            f"backend node_{LOCAL_NODE}",
+            "    # This machine's engine, as its `local` frontend sees it (see there): a restart does",
+            "    # not take it out of rotation, an engine that is down and not coming back does.",
+            "    option httpchk",
+            f"    http-check send meth GET uri {LOCAL_HEALTH_PATH} ver HTTP/1.1",
+            "    http-check expect status 200",
+            "    timeout check 500ms",
+            f"    server {LOCAL_NODE} unix@{LOCAL_SOCKET} check inter 500ms fastinter 200ms fall 2 rise 1",
+            "",
+        ]
     for node in cfg.nodes:
         lines += [
             f"backend node_{node.name}",
@@ -496,7 +518,7 @@ def _node_backends(spec: RenderInput) -> list[str]:
         out = []
         targets = [(n.name, n.address, f"node_{n.name}/{n.name}") for n in cfg.nodes]
         if local:
-            targets.append((LOCAL_NODE, f"unix@{LOCAL_SOCKET}", "engine/engine"))
+            targets.append((LOCAL_NODE, f"unix@{LOCAL_SOCKET}", f"node_{LOCAL_NODE}/{LOCAL_NODE}"))
         for name, address, tracked in targets:
             for server, backup in ((name, ""), (nodes.backup_name(name), " backup")):
                 if backup and not backups:
