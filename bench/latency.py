@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import PROXY_HOST, dispose, free_port, new_stack, wait_for  # noqa: E402
+from stats import percentile  # noqa: E402
 
 NGINX_HOST = "127.0.0.3"
 
@@ -52,11 +53,6 @@ http {{
     }}
 }}
 """
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
 def main() -> int:

@@ -20,14 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import PROXY_HOST, dispose, new_stack, wait_for  # noqa: E402
+from stats import percentile  # noqa: E402
 
 POLICY = '[defaults]\nmodels = ["smollm2:*"]\nrpm = 1000000\nconcurrency = 1000\npriority = "interactive"\n'
 SMALL = json.dumps({"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
 def main() -> int:

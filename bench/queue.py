@@ -29,15 +29,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from ai_server import clients  # noqa: E402
 from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
+from stats import percentile  # noqa: E402
 
 TOKEN_DELAY, TOKENS = 0.05, 40  # 2 s a generation, 20 tokens/s a slot
-
-
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
 def client_config(names: dict[str, str]) -> str:

@@ -21,11 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+from stats import percentile  # noqa: E402
 
 
 def stream_once(base: str, model: str, tokens: int) -> tuple[float, list[float], float]:
