@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import PROXY_HOST, dispose, free_port, new_stack, wait_for  # noqa: E402
 from stats import percentile  # noqa: E402
+
+from harness import PROXY_HOST, dispose, free_port, new_stack, wait_for  # noqa: E402
 
 NGINX_HOST = "127.0.0.3"
 

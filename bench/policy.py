@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import PROXY_HOST, dispose, new_stack, wait_for  # noqa: E402
 from stats import percentile  # noqa: E402
+
+from harness import PROXY_HOST, dispose, new_stack, wait_for  # noqa: E402
 
 POLICY = '[defaults]\nmodels = ["smollm2:*"]\nrpm = 1000000\nconcurrency = 1000\npriority = "interactive"\n'
 SMALL = json.dumps({"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})

@@ -27,9 +27,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ai_server import clients  # noqa: E402
-from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
 from stats import percentile  # noqa: E402
+
+from ai_server.access import clients  # noqa: E402
+from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
 
 TOKEN_DELAY, TOKENS = 0.05, 40  # 2 s a generation, 20 tokens/s a slot
 

@@ -20,7 +20,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ai_server import clients  # noqa: E402
+from ai_server.access import clients  # noqa: E402
 from harness import dispose, free_port, new_stack, wait_for  # noqa: E402
 
 

@@ -20,8 +20,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
 from stats import percentile  # noqa: E402
+
+from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
 
 
 def stream_once(base: str, model: str, tokens: int) -> tuple[float, list[float], float]:

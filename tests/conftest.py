@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Stack, Tailnet, dispose, new_stack  # noqa: E402
+from harness import Stack, Tailnet, dispose, netns_lock, new_stack  # noqa: E402
 
 
 @pytest.fixture
@@ -37,7 +37,8 @@ def stack(make_stack: Any) -> Stack:
 
 @pytest.fixture
 def tailnet() -> Iterator[Tailnet]:
-    net = Tailnet()
-    net.destroy()
-    yield net
-    net.destroy()
+    with netns_lock():
+        net = Tailnet()
+        net.destroy()
+        yield net
+        net.destroy()

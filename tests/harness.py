@@ -4,6 +4,8 @@ Used by the tests (through conftest.py's fixtures) and by the benchmarks in benc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -15,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 
@@ -93,7 +95,7 @@ class Stack:
                               env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def start(self, wait: bool = True, timers: dict[str, float] | None = None) -> subprocess.Popen:
-        """`ai-server run`. `timers` shortens the daemon's own intervals ("ai_server.tls.RETRY_S":
+        """`ai-server run`. `timers` shortens the daemon's own intervals ("ai_server.haproxy.tls.RETRY_S":
         0.5) in that process only, so a test of an hourly timer does not wait an hour."""
         self.stderr_path = self.root / f"run-{time.monotonic_ns()}.err"
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -216,6 +218,19 @@ def llama_model() -> str:
 # -- a tailnet in network namespaces (root only) -------------------------------------------
 
 HOST_ADDR, REMOTE_ADDR = "100.100.77.1", "100.100.77.2"
+# The fixed 100.x addresses below are shared by every test process on this machine (pytest-xdist
+# workers, two checkouts): one network fixture at a time, each holding this lock while it exists.
+NETNS_LOCK = Path("/tmp/ais-netns.lock")
+
+
+@contextlib.contextmanager
+def netns_lock() -> Iterator[None]:
+    with NETNS_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

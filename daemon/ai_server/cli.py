@@ -13,16 +13,19 @@ import subprocess
 import sys
 from typing import Any, Callable, Sequence
 
-from ai_server import __version__, allowlist, control, logs
+from ai_server import __version__
 from ai_server import config as config_mod
-from ai_server.errors import AiServerError, NotRunning
-from ai_server.paths import Paths, resolve
+from ai_server.access import allowlist
+from ai_server.base import logs
+from ai_server.base.errors import AiServerError, NotRunning
+from ai_server.base.paths import Paths, resolve
+from ai_server.daemon import control
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING_CHILD, EXIT_NO_SUPERVISOR = 0, 1, 2, 3, 4
 
 
 def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
-    from ai_server.supervisor import Supervisor
+    from ai_server.daemon.supervisor import Supervisor
 
     return asyncio.run(Supervisor(paths).main())
 
@@ -165,7 +168,7 @@ def cmd_tail(paths: Paths, args: argparse.Namespace) -> int:
 def cmd_allow(paths: Paths, args: argparse.Namespace) -> int:
     target = paths.allowlist_file
     if args.allow_command == "list":
-        rules = config_mod.load_allowlist(paths.config_dir).rules
+        rules = allowlist.load(paths.config_dir).rules
         width = max((len(r.path) for r in rules), default=4)
         for rule in rules:
             print(f"{rule.path:<{width}}  {', '.join(rule.methods)}")
@@ -180,7 +183,7 @@ def cmd_allow(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_clients(paths: Paths, args: argparse.Namespace) -> int:
-    from ai_server import clients
+    from ai_server.access import clients
 
     if args.clients_command == "token":
         token = clients.mint(paths.config_dir / "clients.toml", args.name)
@@ -231,9 +234,10 @@ def _program_version(argv: list[str]) -> str:
 
 
 def cmd_version(paths: Paths, args: argparse.Namespace) -> int:
-    from ai_server import preflight
-    from ai_server.engines import engine_for
     import os
+
+    from ai_server.daemon import preflight
+    from ai_server.engines import engine_for
 
     cfg = config_mod.load(paths.config_dir)
     print(f"ai-server {__version__}")

@@ -1,4 +1,4 @@
-"""Load and validate ai-server.toml and allowlist.toml into frozen dataclasses.
+"""Load and validate ai-server.toml into frozen dataclasses.
 
 This is the one place config is read. Every problem becomes a ConfigError naming the file, the
 line and the key, so a typo never reaches a running child.
@@ -7,27 +7,19 @@ line and the key, so a typo never reaches a running child.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import stat
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ai_server.errors import ConfigError
-from ai_server.netaddr import canonical, listen_problem
-from ai_server.tailscale import is_dns_name
-from ai_server.tomlpos import line_of
+from ai_server.base.errors import ConfigError
+from ai_server.base.netaddr import canonical, is_dns_name, listen_problem
+from ai_server.base.tomlfile import Table, line_of, parse_toml, read_text
 
 ENGINE_KINDS = ("ollama", "llama-server", "none")
 DEFAULT_COMMANDS = {"ollama": ("ollama", "serve"), "llama-server": ("llama-server",), "none": ()}
 # The local engine, when a front keeps one, is a node of this name.
 LOCAL_NODE = "local"
-# Methods a rule may list. CONNECT and TRACE are never forwarded: they only help attackers.
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-MODEL_PLACEHOLDER = "{model}"
 # launchd kills a job this long after SIGTERM; shutdown must finish inside it.
 LAUNCHD_EXIT_TIMEOUT = 20.0
 
@@ -132,16 +124,6 @@ class LogConfig:
     backups: int = 5
 
 
-@dataclass(frozen=True)
-class Rule:
-    path: str
-    methods: tuple[str, ...]
-    line: int | None = None
-
-
-@dataclass(frozen=True)
-class Allowlist:
-    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,119 +142,9 @@ class Config:
         return bool(self.nodes)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading files
-
-
-def toml_string(value: str) -> str:
-    """`value` as a TOML string that reads back as exactly `value`, whatever bytes it holds."""
-    import tomlkit
-
-    return tomlkit.string(value).as_string()
-
-
-def default_text(name: str) -> str:
-    """The shipped, commented default of `name` (config/ in the repo, inside the wheel)."""
-    return resources.files("ai_server").joinpath("defaults", name).read_text(encoding="utf-8")
-
-
-MAX_CONFIG_BYTES = 1 << 20
-
-
-def read_text(path: Path) -> tuple[str, str]:
-    """(text, label) of a config file, or the shipped default when the file does not exist.
-
-    Opened without blocking and checked before it is read: a FIFO, a device or a folder in its
-    place, or a file over 1 MiB, is a ConfigError, never a hang or a huge read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return default_text(path.name), f"{path.name} (shipped default)"
-    except OSError as err:
-        raise ConfigError(str(path), f"cannot read: {err.strerror or err}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(str(path), "is not a regular file")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(str(path), f"is {info.st_size} bytes; a config file may hold at most {MAX_CONFIG_BYTES}")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise ConfigError(str(path), f"cannot read: {err.strerror or err}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(str(path), f"holds more than {MAX_CONFIG_BYTES} bytes")
-    try:
-        return raw.decode("utf-8"), str(path)
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), f"cannot read: not UTF-8 ({err.reason} at byte {err.start})") from None
-
-
-def parse_toml(text: str, label: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        message = str(err)
-        found = re.search(r"\(at line (\d+), column \d+\)", message)
-        line = int(found.group(1)) if found else None
-        if line is None and "end of document" in message:
-            line = max(1, len(text.splitlines()))
-        message = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", message)
-        raise ConfigError(label, f"invalid TOML: {message}", line=line) from None
-
-
 def load(config_dir: Path) -> Config:
     text, label = read_text(config_dir / "ai-server.toml")
     return parse_config(text, label)
-
-
-def load_allowlist(config_dir: Path) -> Allowlist:
-    text, label = read_text(config_dir / "allowlist.toml")
-    return parse_allowlist(text, label)
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation: ai-server.toml
-
-
-class _Table:
-    """Typed reads from one TOML table that remember which keys were used."""
-
-    def __init__(self, data: dict[str, Any], name: str, text: str, label: str, index: int | None = None):
-        self.data, self.name, self.text, self.label, self.index = data, name, text, label, index
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        line = line_of(self.text, self.name, key, self.index) or line_of(self.text, self.name, None, self.index)
-        where = self.name if self.index is None else f"{self.name}[{self.index}]"
-        return ConfigError(self.label, message, line=line, key=f"{where}.{key}")
-
-    def get(self, key: str, default: Any, kind: type | tuple[type, ...], check: Callable[[Any], str | None] | None = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # TOML booleans are ints to Python; never accept one for a number.
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            names = " or ".join(_type_name(k) for k in kinds)
-            raise self.fail(key, f"expected {names}, got {_type_name(type(value))} {value!r}")
-        problem = check(value) if check else None
-        if problem:
-            raise self.fail(key, problem)
-        return value
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise self.fail(key, "unknown key")
-
-
-def _type_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            list: "an array", dict: "a table"}.get(kind, kind.__name__)
 
 
 def _port(value: int) -> str | None:
@@ -344,8 +216,8 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         elif not isinstance(value, dict):
             raise ConfigError(label, "must be a table", line=line_of(text, None, name), key=name)
 
-    def table(name: str) -> _Table:
-        return _Table(data.get(name, {}), name, text, label)
+    def table(name: str) -> Table:
+        return Table(data.get(name, {}), name, text, label)
 
     number = (int, float)
     p = table("proxy")
@@ -470,7 +342,7 @@ _NODE_URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})
 def _nodes(entries: list[dict[str, Any]], text: str, label: str) -> tuple[NodeConfig, ...]:
     nodes: list[NodeConfig] = []
     for index, entry in enumerate(entries):
-        t = _Table(entry, "node", text, label, index)
+        t = Table(entry, "node", text, label, index)
         name = t.get("name", None, str, lambda v: None if _NODE_NAME.fullmatch(v) and v != LOCAL_NODE else
                      f"must be 1-32 letters, digits, . _ - (and not {LOCAL_NODE!r}, this machine's own engine)")
         url = t.get("url", None, str, lambda v: None if _NODE_URL.fullmatch(v) else
@@ -491,94 +363,3 @@ def _nodes(entries: list[dict[str, Any]], text: str, label: str) -> tuple[NodeCo
             raise t.fail("url", f"{host!r} is not an IP address: use the node's tailnet address (`tailscale ip -4 {host.split('.')[0]}`)")
         nodes.append(NodeConfig(name, url.rstrip("/"), host, port))
     return tuple(nodes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation: allowlist.toml
-
-# A rule's literal characters: a subset of RFC 3986's path characters. Anything else (%, \\,
-# ;, spaces, control bytes...) could mean one thing to HAProxy and another to the engine, or
-# change the syntax of the maps the rules are compiled into, so it cannot be written at all.
-_PATH_CHARS = re.compile(r"[A-Za-z0-9._~/:-]*")
-_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]|\s")
-# What a rule may never let through, whatever its path: endpoints that download, write, copy
-# or delete models. ai-server pulls for you (`ai-server warm`), on loopback.
-MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
-MANAGEMENT_PREFIXES = ("/api/blobs/",)
-# Paths a {model} rule is tried against: each management endpoint, and a blob.
-MANAGEMENT_PROBES = MANAGEMENT + ("/api/blobs/sha256:" + "0" * 64,)
-
-
-def is_management(path: str) -> bool:
-    return path in MANAGEMENT or path.startswith(MANAGEMENT_PREFIXES)
-
-
-def check_rule_path(path: str) -> str | None:
-    """Why `path` cannot be a rule, or None. Judged on the whole string: a trailing newline is
-    refused like any other byte outside the grammar."""
-    if _SPACE_OR_CONTROL.search(path):
-        return "holds whitespace or a control character"
-    if not path.startswith("/"):
-        return "must start with /"
-    literal = path.replace(MODEL_PLACEHOLDER, "m")
-    if "{" in literal or "}" in literal:
-        return "the only placeholder is {model}"
-    if path.count(MODEL_PLACEHOLDER) > 1:
-        return "may hold {model} at most once"
-    if _PATH_CHARS.fullmatch(literal) is None:
-        return "may hold only letters, digits and . _ ~ / : - (and {model})"
-    segments = path.split("/")[1:]
-    if any(s in (".", "..") for s in segments):
-        return "must not hold . or .. segments"
-    if "//" in path:
-        return "must not hold //"
-    if MODEL_PLACEHOLDER in path and not re.fullmatch(r"(/[^/]+)*/\{model\}(/[^/]+)*", path):
-        return "{model} must stand as a whole path segment, e.g. /v1/models/{model}"
-    from ai_server.allowlist import path_regex  # the compiled rule: what it really matches
-
-    reached = [p for p in MANAGEMENT_PROBES if re.fullmatch(path_regex(path)[1:-1], p)]
-    if reached:
-        return (f"would reach {reached[0].rstrip('0') + ('...' if reached[0].endswith('0') else '')}: model management "
-                "is never forwarded (pull with `ai-server warm MODEL`)")
-    return None
-
-
-def parse_allowlist(text: str, label: str = "allowlist.toml") -> Allowlist:
-    data = parse_toml(text, label)
-    for name in data:
-        if name != "allow":
-            raise ConfigError(label, "unknown key; rules go in [[allow]] tables",
-                              line=line_of(text, name) or line_of(text, None, name), key=name)
-    entries = data.get("allow", [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(label, "must be [[allow]] tables", line=line_of(text, None, "allow"), key="allow")
-    rules: list[Rule] = []
-    seen: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        here = line_of(text, "allow", None, index)
-
-        def fail(key: str, message: str) -> ConfigError:
-            return ConfigError(label, message, line=line_of(text, "allow", key, index) or here,
-                               key=f"allow[{index}].{key}")
-
-        for key in entry:
-            if key not in ("path", "methods"):
-                raise fail(key, "unknown key; a rule has path and methods")
-        path = entry.get("path")
-        if not isinstance(path, str):
-            raise fail("path", "missing or not a string")
-        problem = check_rule_path(path)
-        if problem:
-            raise fail("path", f"{path!r} {problem}")
-        if path in seen:
-            raise fail("path", f"{path!r} is already allowed by rule {seen[path]}; list all its methods there")
-        seen[path] = index
-        methods = entry.get("methods")
-        if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-            raise fail("methods", "must be a non-empty array of HTTP methods, e.g. [\"POST\"]")
-        upper = tuple(dict.fromkeys(m.upper() for m in methods))
-        for method in upper:
-            if method not in METHODS:
-                raise fail("methods", f"{method!r} is not a method a rule may allow ({', '.join(METHODS)})")
-        rules.append(Rule(path=path, methods=upper, line=here))
-    return Allowlist(rules=tuple(rules))

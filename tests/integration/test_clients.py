@@ -16,8 +16,16 @@ from typing import Any, Iterator
 
 import pytest
 
-from ai_server import clients as clients_mod
-from harness import HOST_ADDR, Stack, Tailnet, peer, set_tailscale, tailscale_cli, wait_for
+from ai_server.access import clients as clients_mod
+from harness import (
+    HOST_ADDR,
+    Stack,
+    Tailnet,
+    peer,
+    set_tailscale,
+    tailscale_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 
@@ -270,7 +278,7 @@ def test_https_with_the_magicdns_certificate_renewed_live(make_stack: Any) -> No
     state = tailscale_cli(stack)
     set_tailscale(state, ["100.100.77.1"])  # not on an interface here: only the names matter
     stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
-    stack.start(timers={"ai_server.tls.RENEW_EVERY_S": 1.0})  # every 12 hours, shortened here
+    stack.start(timers={"ai_server.haproxy.tls.RENEW_EVERY_S": 1.0})  # every 12 hours, shortened here
     name = "mymac.tail1234.ts.net"
 
     def fetch() -> tuple[int, str]:
@@ -299,7 +307,7 @@ def test_https_without_a_certificate_waits_and_never_serves_plain_http(make_stac
     set_tailscale(state, ["100.100.77.1"])
     (state / "cert.fail").write_text("500 Internal Server Error: your Tailscale account does not support getting TLS certs")
     stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
-    stack.start(wait=False, timers={"ai_server.tls.RETRY_S": 0.5})
+    stack.start(wait=False, timers={"ai_server.haproxy.tls.RETRY_S": 0.5})
     data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
     assert data["proxy"]["waiting"].startswith("waiting for an HTTPS certificate") and "does not support" in data["proxy"]["waiting"]
     assert next(c for c in data["children"] if c["name"] == "haproxy")["state"] == "STOPPED"

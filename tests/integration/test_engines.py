@@ -215,6 +215,7 @@ def test_check_fails_under_python_O_too(stack: Stack) -> None:
     """Verdicts used to be asserts: `python -O` turned every failure into a pass."""
     import subprocess
     import sys
+
     from harness import PROXY_HOST
     assert stack.cli("stop", "haproxy").returncode == 0
     rogue = RogueProxy(PROXY_HOST, stack.proxy_port, stack.engine_port)

@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ai_server import allowlist, config
+from ai_server.access import allowlist
+from ai_server.base import tomlfile
 from harness import PROXY_HOST, Stack, dispose, new_stack
 
-ALLOW = config.parse_allowlist(config.default_text("allowlist.toml"))
+ALLOW = allowlist.parse(tomlfile.default_text("allowlist.toml"))
 
 
 NAME = "mymac.tail1234.ts.net"

@@ -201,9 +201,9 @@ def test_macos_dry_run_changes_nothing(mac: Machine) -> None:
 def test_macos_declining_haproxy_warns_and_never_binds_everywhere(mac: Machine) -> None:
     # No terminal, no --yes: the consent question is answered "yes" by default; a person typing
     # "n" at it gets the proxy-less set-up, which the installer marks in the config.
+    from ai_server.base.paths import resolve
     from ai_server.install.installer import Installer
     from ai_server.install.system import System
-    from ai_server.paths import resolve
 
     system = System(mac.env)
     system.interactive = lambda: True  # type: ignore[method-assign]

@@ -15,15 +15,16 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from ai_server import clients, config
+from ai_server.access import clients
+from ai_server.base import tomlfile
 from ai_server.haproxy import runtime
-from harness import LAN_SELF, Lan, Stack, dispose, lan_stack, wait_for
+from harness import LAN_SELF, Lan, Stack, dispose, lan_stack, netns_lock, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 
 MODELS = {"n1": "smollm2:135m,qwen2.5-coder:7b", "n2": "qwen2.5-coder:7b,llama3:8b"}
 # What a node's proxy must allow for a front to see what it has loaded.
-NODE_ALLOW = config.default_text("allowlist.toml") + '\n[[allow]]\npath = "/api/ps"\nmethods = ["GET"]\n'
+NODE_ALLOW = tomlfile.default_text("allowlist.toml") + '\n[[allow]]\npath = "/api/ps"\nmethods = ["GET"]\n'
 LAPTOP = "ais_" + "l" * 43
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -54,6 +55,11 @@ class Fleet:
 def build() -> Iterator[Any]:
     """build(node_names, front_models=None): nodes (each with MODELS[name]) and a front that
     routes to them; with front_models the front keeps its own engine, one more node."""
+    with netns_lock():
+        yield from _build()
+
+
+def _build() -> Iterator[Any]:
     lan = Lan()
     lan.destroy()
     stacks: list[Stack] = []

@@ -7,9 +7,9 @@ import time
 
 import psutil
 
+from ai_server.children.process import Child, Role, Spec
+from ai_server.children.states import Mood, State
 from ai_server.config import RestartPolicy
-from ai_server.process import Child, Role, Spec
-from ai_server.states import Mood, State
 
 POLICY = RestartPolicy(startsecs=0.1, startretries=3, backoff_base=0.05, backoff_cap=0.1, stop_timeout=2)
 

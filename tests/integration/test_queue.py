@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from ai_server import clients
+from ai_server.access import clients
 from harness import Stack, free_port, wait_for
 
 TOKENS = {name: "ais_" + name[0] * 43 for name in ("inter", "norm", "bat")}

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ai_server import config
+from ai_server.base import tomlfile
 from harness import Stack, wait_for
 
-DEFAULT_ALLOW = config.default_text("allowlist.toml")
+DEFAULT_ALLOW = tomlfile.default_text("allowlist.toml")
 PS_RULE = '\n[[allow]]\npath = "/api/ps"\nmethods = ["GET"]\n'
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ai_server.paths import Paths
-from ai_server.proxy_child import START_TIMEOUT
-from ai_server.supervisor import Supervisor
+from ai_server.base.paths import Paths
+from ai_server.children.proxy import START_TIMEOUT
+from ai_server.daemon.supervisor import Supervisor
 from harness import Stack
 
 

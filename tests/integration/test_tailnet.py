@@ -14,7 +14,15 @@ import shutil
 import httpx
 import pytest
 
-from harness import HOST_ADDR, REMOTE_ADDR, Stack, Tailnet, set_tailscale, tailscale_cli, wait_for
+from harness import (
+    HOST_ADDR,
+    REMOTE_ADDR,
+    Stack,
+    Tailnet,
+    set_tailscale,
+    tailscale_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ai_server import allowlist, config
-from ai_server.errors import ConfigError
+from ai_server.access import allowlist
+from ai_server.base import tomlfile
+from ai_server.base.errors import ConfigError
 
-DEFAULT = config.parse_allowlist(config.default_text("allowlist.toml"))
+DEFAULT = allowlist.parse(tomlfile.default_text("allowlist.toml"))
 
 
 @pytest.mark.parametrize("name", ["qwen2.5-coder:32b", "llama3", "hf.co/org/repo:Q4_K_M", "deepseek-r1:70b",
@@ -44,24 +45,24 @@ def test_decide(method: str, target: str, expected: int) -> None:
 
 def test_add_and_remove_keep_comments(tmp_path: Path) -> None:
     target = tmp_path / "allowlist.toml"
-    target.write_text(config.default_text("allowlist.toml"))
+    target.write_text(tomlfile.default_text("allowlist.toml"))
     before = target.read_text()
     assert allowlist.add_rule(target, "/api/ps", ["get"]) == "allowed GET /api/ps"
     after = target.read_text()
     assert after.startswith(before.rstrip("\n"))  # every comment and rule kept, in place
     assert allowlist.add_rule(target, "/api/ps", ["GET", "HEAD"]) == "/api/ps now allows GET, HEAD"
     assert allowlist.add_rule(target, "/api/ps", ["GET"]) == "/api/ps already allows GET, HEAD"
-    rules = config.parse_allowlist(target.read_text()).rules
+    rules = allowlist.parse(target.read_text()).rules
     assert rules[-1].path == "/api/ps" and rules[-1].methods == ("GET", "HEAD")
     assert allowlist.remove_rule(target, "/api/ps") == "removed /api/ps"
-    assert config.parse_allowlist(target.read_text()) == config.parse_allowlist(before)
+    assert allowlist.parse(target.read_text()) == allowlist.parse(before)
     assert "# Anthropic-compatible API: Claude Code, the Anthropic SDKs." in target.read_text()
     assert "# chat, streaming or not, JSON mode, tool calls" in target.read_text()
 
 
 def test_add_refuses_bad_input_and_leaves_file_alone(tmp_path: Path) -> None:
     target = tmp_path / "allowlist.toml"
-    target.write_text(config.default_text("allowlist.toml"))
+    target.write_text(tomlfile.default_text("allowlist.toml"))
     before = target.read_text()
     with pytest.raises(ConfigError, match="not a method"):
         allowlist.add_rule(target, "/api/ps", ["YANK"])
@@ -75,7 +76,7 @@ def test_add_refuses_bad_input_and_leaves_file_alone(tmp_path: Path) -> None:
 def test_add_to_missing_file_starts_from_the_shipped_default(tmp_path: Path) -> None:
     target = tmp_path / "cfg" / "allowlist.toml"
     allowlist.add_rule(target, "/api/ps", ["GET"])
-    assert len(config.parse_allowlist(target.read_text()).rules) == 9
+    assert len(allowlist.parse(target.read_text()).rules) == 9
 
 
 @pytest.mark.parametrize("path", ["/api/tags\n", "/api/tags\r", "/v1/embeddings\n", " /v1/models", "/v1/models\t",
@@ -83,11 +84,11 @@ def test_add_to_missing_file_starts_from_the_shipped_default(tmp_path: Path) -> 
 def test_whitespace_and_control_characters_are_refused_everywhere(tmp_path: Path, path: str) -> None:
     """A trailing newline used to pass validation ($ matches before it) and leave a map key
     that matched every path and method."""
-    text = f'[[allow]]\npath = {config.toml_string(path)}\nmethods = ["GET"]\n'
+    text = f'[[allow]]\npath = {tomlfile.toml_string(path)}\nmethods = ["GET"]\n'
     with pytest.raises(ConfigError, match="allow\\[0\\].path: .*whitespace or a control character"):
-        config.parse_allowlist(text)
+        allowlist.parse(text)
     target = tmp_path / "allowlist.toml"
-    target.write_text(config.default_text("allowlist.toml"))
+    target.write_text(tomlfile.default_text("allowlist.toml"))
     before = target.read_bytes()
     with pytest.raises(ConfigError, match="whitespace or a control character"):
         allowlist.add_rule(target, path, ["GET"])
@@ -99,11 +100,11 @@ def test_whitespace_and_control_characters_are_refused_everywhere(tmp_path: Path
                                            ("/api/delete", "/api/delete")])
 def test_rules_that_could_reach_model_management_are_refused(path: str, reaches: str) -> None:
     with pytest.raises(ConfigError, match=f"would reach {reaches}"):
-        config.parse_allowlist(f'[[allow]]\npath = "{path}"\nmethods = ["POST"]\n')
+        allowlist.parse(f'[[allow]]\npath = "{path}"\nmethods = ["POST"]\n')
 
 
 def test_model_rules_elsewhere_are_fine() -> None:
-    rules = config.parse_allowlist('[[allow]]\npath = "/v1/{model}"\nmethods = ["GET"]\n'
+    rules = allowlist.parse('[[allow]]\npath = "/v1/{model}"\nmethods = ["GET"]\n'
                                    '[[allow]]\npath = "/api/x/{model}"\nmethods = ["GET"]\n')
     assert len(rules.rules) == 2
 
@@ -113,7 +114,7 @@ def test_model_rules_elsewhere_are_fine() -> None:
     ("POST", "/v1/models/other", 405), ("GET", "/v1/models/other", 0), ("GET", "/api/pull", 403),
 ])
 def test_decide_is_the_union_of_matching_rules(method: str, target: str, expected: int) -> None:
-    overlap = config.parse_allowlist('[[allow]]\npath = "/v1/models/{model}"\nmethods = ["GET"]\n'
+    overlap = allowlist.parse('[[allow]]\npath = "/v1/models/{model}"\nmethods = ["GET"]\n'
                                      '[[allow]]\npath = "/v1/models/special"\nmethods = ["POST"]\n')
     assert allowlist.decide(overlap, method, target) == expected
 

@@ -1,4 +1,4 @@
-from ai_server.audit import Listener, is_loopback, violations
+from ai_server.children.audit import Listener, is_loopback, violations
 
 
 def test_loopback_only_is_clean() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ai_server.base.paths import Paths
 from ai_server.check import Check, Context, Fail, Skip, expect, run_one
 from ai_server.install.system import System
-from ai_server.paths import Paths
 
 
 def context() -> Context:

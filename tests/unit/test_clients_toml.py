@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ai_server import clients, config
-from ai_server.errors import ConfigError
-from ai_server.tailscale import Peer, parse
+from ai_server.access import clients
+from ai_server.access.tailscale import Peer, parse
+from ai_server.base import tomlfile
+from ai_server.base.errors import ConfigError
 
 MAC = Peer(("100.64.0.2",), "Alice's MacBook", "alices-macbook.tail1234.ts.net", "alice@example.com", ())
 CI = Peer(("100.64.0.3", "fd7a:115c:a1e0::3"), "ci-box", "ci-box.tail1234.ts.net", "bot@example.com", ("tag:ci",))
@@ -16,7 +17,7 @@ PHONE = Peer(("100.64.0.4",), "iPhone", "alices-iphone.tail1234.ts.net", "alice@
 
 
 def test_the_shipped_default_restricts_nothing() -> None:
-    shipped = clients.parse(config.default_text("clients.toml"))
+    shipped = clients.parse(tomlfile.default_text("clients.toml"))
     assert shipped == clients.Clients()
     assert shipped.unknown_allowed and shipped.defaults.any_model and shipped.defaults.rpm == 0
 
@@ -69,7 +70,7 @@ def test_bad_entries_name_file_line_and_key(text: str, where: str) -> None:
 
 def test_tokens_are_minted_once_and_stored_hashed(tmp_path: Path) -> None:
     target = tmp_path / "clients.toml"
-    target.write_text(config.default_text("clients.toml"))
+    target.write_text(tomlfile.default_text("clients.toml"))
     token = clients.mint(target, "script")
     assert clients.TOKEN.fullmatch(token)
     text = target.read_text()

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from ai_server import config
-from ai_server.errors import ConfigError
+from ai_server.access import allowlist
+from ai_server.base import tomlfile
+from ai_server.base.errors import ConfigError
 
 
 def test_shipped_defaults_are_valid_and_match_the_contract() -> None:
-    cfg = config.parse_config(config.default_text("ai-server.toml"))
+    cfg = config.parse_config(tomlfile.default_text("ai-server.toml"))
     assert cfg.proxy.listen == ("tailscale",) and cfg.proxy.port == 11434
     assert cfg.engine.kind == "ollama" and cfg.engine.command == ("ollama", "serve")
     assert cfg.engine.port == 11434 and cfg.engine.env == () and cfg.warm.models == ()
@@ -19,7 +21,7 @@ def test_shipped_defaults_are_valid_and_match_the_contract() -> None:
 
 
 def test_shipped_allowlist_is_exactly_the_seed_list() -> None:
-    rules = config.parse_allowlist(config.default_text("allowlist.toml")).rules
+    rules = allowlist.parse(tomlfile.default_text("allowlist.toml")).rules
     assert [(r.path, r.methods) for r in rules] == [
         ("/v1/chat/completions", ("POST",)), ("/v1/models", ("GET",)), ("/v1/models/{model}", ("GET",)),
         ("/v1/responses", ("POST",)), ("/v1/messages", ("POST",)), ("/api/version", ("GET",)),
@@ -28,7 +30,7 @@ def test_shipped_allowlist_is_exactly_the_seed_list() -> None:
 
 def test_missing_files_mean_defaults(tmp_path: Path) -> None:
     assert config.load(tmp_path / "nowhere") == config.Config()
-    assert len(config.load_allowlist(tmp_path).rules) == 8
+    assert len(allowlist.load(tmp_path).rules) == 8
 
 
 def test_llama_server_kind_gets_its_own_default_command() -> None:
@@ -91,13 +93,13 @@ def test_loopback_ollama_host_in_env_is_dropped_not_used() -> None:
 ])
 def test_allowlist_errors(text: str, line: int, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
-        config.parse_allowlist(text, "allowlist.toml")
+        allowlist.parse(text, "allowlist.toml")
     assert (info.value.line, info.value.key) == (line, key)
     assert words in str(info.value)
 
 
 def test_lowercase_methods_are_accepted_as_uppercase() -> None:
-    rules = config.parse_allowlist('[[allow]]\npath = "/a"\nmethods = ["get", "GET", "post"]\n').rules
+    rules = allowlist.parse('[[allow]]\npath = "/a"\nmethods = ["get", "GET", "post"]\n').rules
     assert rules[0].methods == ("GET", "POST")
 
 
@@ -126,7 +128,7 @@ def test_listen_addresses_are_normalised() -> None:
 @pytest.mark.parametrize("name", ["evil name", "a\nb", "x;y", "-bad.example", "a..b", "*.example", "é.example", ""])
 def test_server_names_must_be_host_names(name: str) -> None:
     with pytest.raises(ConfigError, match="proxy.server_names"):
-        config.parse_config(f'[proxy]\nserver_names = [{config.toml_string(name)}]\n')
+        config.parse_config(f'[proxy]\nserver_names = [{tomlfile.toml_string(name)}]\n')
 
 
 def test_server_names_are_lower_case_without_the_root_dot() -> None:
@@ -141,7 +143,7 @@ def test_config_files_must_be_regular_and_small(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not a regular file"):
         config.load(tmp_path)  # returns at once: never waits for a writer
     fifo.unlink()
-    fifo.write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1))
+    fifo.write_bytes(b"#" * (tomlfile.MAX_CONFIG_BYTES + 1))
     with pytest.raises(ConfigError, match="at most"):
         config.load(tmp_path)
     fifo.unlink()

@@ -9,21 +9,23 @@ from pathlib import Path
 import pytest
 
 from ai_server import config, haproxy
-from ai_server.clients import Clients
-from ai_server.errors import HaproxyConfigError
+from ai_server.access import allowlist
+from ai_server.access.clients import Clients
+from ai_server.base import tomlfile
+from ai_server.base.errors import HaproxyConfigError
 from ai_server.haproxy import maps
 from ai_server.haproxy.logfmt import parse_log
 from ai_server.haproxy.render import RenderInput, render
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-DEFAULT = config.parse_allowlist(config.default_text("allowlist.toml"))
+DEFAULT = allowlist.parse(tomlfile.default_text("allowlist.toml"))
 
 
 def spec(cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> RenderInput:
     return RenderInput(config.parse_config(cfg_text), addresses)
 
 
-def map_files(allow: config.Allowlist = DEFAULT, addresses: tuple[str, ...] = ("127.0.0.2",),
+def map_files(allow: allowlist.Allowlist = DEFAULT, addresses: tuple[str, ...] = ("127.0.0.2",),
               names: tuple[str, ...] = ()) -> list[maps.MapFile]:
     return maps.every_map(allow, addresses, 11434, names, Clients(), (), ollama=True)
 
@@ -38,13 +40,13 @@ def map_files(allow: config.Allowlist = DEFAULT, addresses: tuple[str, ...] = ("
 ])
 def test_generated_config_passes_haproxy_check(tmp_path: Path, cfg_text: str, allow_text: str | None,
                                                addresses: tuple[str, ...]) -> None:
-    allow = config.parse_allowlist(allow_text if allow_text is not None else config.default_text("allowlist.toml"))
+    allow = allowlist.parse(allow_text if allow_text is not None else tomlfile.default_text("allowlist.toml"))
     files = map_files(allow, addresses, ("mymac.tail1234.ts.net", "mymac"))
     assert haproxy.install(HAPROXY, spec(cfg_text, addresses), files, tmp_path)  # `haproxy -c` passed
     assert (tmp_path / "haproxy.cfg").read_text() == render(spec(cfg_text, addresses))
     assert (tmp_path / maps.ALLOW_PATHS).read_text().count("\n^/") == len(allow.rules)
     # The same settings with other rules: only the maps change, haproxy.cfg stays.
-    assert not haproxy.install(HAPROXY, spec(cfg_text, addresses), map_files(config.Allowlist()), tmp_path)
+    assert not haproxy.install(HAPROXY, spec(cfg_text, addresses), map_files(allowlist.Allowlist()), tmp_path)
     assert not list(tmp_path.glob("*.new")) and not list(tmp_path.glob("*.trial"))
 
 

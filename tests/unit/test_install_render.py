@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from ai_server.errors import InstallError
+from ai_server.base.errors import InstallError
 from ai_server.install import launchd, systemd
 
 HOSTILE = ["/Users/a b/Application Support", "/home/x/%h%n", "/home/x/$HOME", '/home/x/"quoted"', "/home/x/back\\slash",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ai_server.children.lifecycle import Lifecycle, format_uptime
+from ai_server.children.states import ALLOWED, State, TransitionError, check
 from ai_server.config import RestartPolicy
-from ai_server.lifecycle import Lifecycle, format_uptime
-from ai_server.states import ALLOWED, State, TransitionError, check
 
 
 class FakeClock:

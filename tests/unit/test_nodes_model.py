@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ai_server import config, haproxy, nodes
-from ai_server.clients import Clients
-from ai_server.errors import ConfigError
-from ai_server.haproxy import maps
+from ai_server import config, haproxy
+from ai_server.access import allowlist
+from ai_server.access.clients import Clients
+from ai_server.base import tomlfile
+from ai_server.base.errors import ConfigError
+from ai_server.fleet import nodes
+from ai_server.haproxy import maps, names
 from ai_server.haproxy.render import RenderInput, render
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -77,12 +80,12 @@ def test_loaded_nodes_are_servers_the_others_backups() -> None:
     assignment = {"qwen": "m0", "llama": "m1"}
     states = [state("a", {"qwen": True}), state("b", {"qwen": False, "llama": True}), state("c", {"llama": True}, drained=True)]
     got = nodes.server_states(assignment, states, capacity=3)
-    assert got[("m0", "a")] == "ready" and got[("m0", nodes.backup_name("a"))] == "drain"
-    assert got[("m0", "b")] == "drain" and got[("m0", nodes.backup_name("b"))] == "ready"
+    assert got[("m0", "a")] == "ready" and got[("m0", names.backup_name("a"))] == "drain"
+    assert got[("m0", "b")] == "drain" and got[("m0", names.backup_name("b"))] == "ready"
     assert got[("m1", "b")] == "ready" and got[("m1", "c")] == "drain"  # in flight finishes, nothing new
     assert all(v == "drain" for (backend, _), v in got.items() if backend == "m2")
     assert "maint" not in got.values()  # with shutdown-sessions, maint would cut what is in flight
-    assert nodes.node_of("m1", nodes.backup_name("b")) == "b" and nodes.node_of("engine", "engine") is None
+    assert names.node_of("m1", names.backup_name("b")) == "b" and names.node_of("engine", "engine") is None
 
 
 def test_union_lists_each_model_once_as_a_node_spells_it() -> None:
@@ -102,7 +105,7 @@ def test_union_lists_each_model_once_as_a_node_spells_it() -> None:
 ])
 def test_fronting_config_passes_haproxy_check(tmp_path: Path, cfg_text: str) -> None:
     cfg = config.parse_config(cfg_text)
-    allow = config.parse_allowlist(config.default_text("allowlist.toml"))
+    allow = allowlist.parse(tomlfile.default_text("allowlist.toml"))
     assignment = nodes.assign({}, ["qwen2.5-coder:7b", "llama3:8b"])
     states = [state("studio-2", {"qwen2.5-coder:7b": True}), state("linux.gpu", {"llama3:8b": False}, drained=True)]
     answers = nodes.union(states)

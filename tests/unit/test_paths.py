@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from ai_server.paths import resolve
+from ai_server.base.paths import resolve
 
 
 def test_macos_defaults() -> None:

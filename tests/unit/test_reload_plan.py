@@ -1,17 +1,19 @@
-"""reload.plan: which children and which parts of the proxy a change touches (pure)."""
+"""desired.plan: which children and which parts of the proxy a change touches (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
 from ai_server import config
-from ai_server.errors import ConfigError
-from ai_server.reload import Desired, plan
+from ai_server.access import allowlist
+from ai_server.base import tomlfile
+from ai_server.base.errors import ConfigError
+from ai_server.desired import Desired, plan
 
-ALLOW = config.parse_allowlist(config.default_text("allowlist.toml"))
+ALLOW = allowlist.parse(tomlfile.default_text("allowlist.toml"))
 
 
-def desired(text: str = "", allow: config.Allowlist = ALLOW, addresses: tuple[str, ...] = ("100.64.0.1",)) -> Desired:
+def desired(text: str = "", allow: allowlist.Allowlist = ALLOW, addresses: tuple[str, ...] = ("100.64.0.1",)) -> Desired:
     return Desired(config.parse_config(text), allow, addresses)
 
 
@@ -21,7 +23,7 @@ def test_nothing_changed() -> None:
 
 
 def test_allowlist_only_swaps_rules() -> None:
-    fewer = config.Allowlist(ALLOW.rules[:3])
+    fewer = allowlist.Allowlist(ALLOW.rules[:3])
     p = plan(desired(), desired(allow=fewer))
     assert (p.rules, p.proxy, p.engine) == (True, False, None) and p.changed() == ["allowlist"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ai_server import config as config_mod
-from ai_server.check import Check, Context, check, expect, factory, needs_proxy
+from ai_server.access import allowlist
+from ai_server.check.registry import Check, Context, check, expect, factory, needs_proxy
 
 BLOCKED = (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/create"),
            ("POST", "/api/push"), ("POST", "/api/copy"))
@@ -17,11 +17,11 @@ BLOCKED = (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/crea
 
 @factory
 def forwarded(ctx: Context) -> Iterable[Check]:
-    for rule in config_mod.load_allowlist(ctx.paths.config_dir).rules:
+    for rule in allowlist.load(ctx.paths.config_dir).rules:
         method = rule.methods[0]
 
         def test(ctx: Context, method: str = method, rule_path: str = rule.path) -> str:
-            path = rule_path.replace(config_mod.MODEL_PLACEHOLDER, ctx.model or "x")
+            path = rule_path.replace(allowlist.MODEL_PLACEHOLDER, ctx.model or "x")
             response = ctx.client.request(method, ctx.proxy_url + path, json={} if method != "GET" else None)
             expect(response.status_code not in (403, 405), f"{method} {path} answered {response.status_code}")
             return f"{response.status_code} from the engine"

@@ -12,7 +12,18 @@ from typing import Any, Iterable
 
 import httpx
 
-from ai_server.check import Check, Context, Fail, Skip, check, expect, factory, needs_anthropic, needs_model, needs_status
+from ai_server.check.registry import (
+    Check,
+    Context,
+    Fail,
+    Skip,
+    check,
+    expect,
+    factory,
+    needs_anthropic,
+    needs_model,
+    needs_status,
+)
 
 PROMPT = "Say hello"
 DETERMINISTIC = {"temperature": 0, "seed": 42}

@@ -12,11 +12,11 @@ import socket
 import httpx
 import psutil
 
-from ai_server import audit
-from ai_server.check import Context, Fail, Skip, check, needs_proxy
+from ai_server.base.netaddr import host_port, parse_ip
+from ai_server.check.registry import Context, Fail, Skip, check, needs_proxy
 from ai_server.check.service import process_tree
-from ai_server.netaddr import host_port, parse_ip
-from ai_server.preflight import listener_pid
+from ai_server.children import audit
+from ai_server.daemon.preflight import listener_pid
 
 PROBE_PATH = "/api/pull"  # never on an allowlist that passes `check`: the proxy answers it
 

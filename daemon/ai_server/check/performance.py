@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from ai_server.check import Context, check, expect, needs_model, needs_proxy
 from ai_server.check.apis import DETERMINISTIC, PROMPT
+from ai_server.check.registry import Context, check, expect, needs_model, needs_proxy
 
 
 def _median_ms(url: str, count: int) -> float:

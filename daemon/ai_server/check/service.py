@@ -8,10 +8,19 @@ from typing import Callable
 
 import psutil
 
-from ai_server import audit, control
-from ai_server.check import Context, Fail, Skip, check, expect, needs_proxy, needs_status
+from ai_server.base.netaddr import host_port
+from ai_server.check.registry import (
+    Context,
+    Fail,
+    Skip,
+    check,
+    expect,
+    needs_proxy,
+    needs_status,
+)
+from ai_server.children import audit
+from ai_server.daemon import control
 from ai_server.install import launchd, systemd
-from ai_server.netaddr import host_port
 
 
 @check("service", "service manager runs ai-server")

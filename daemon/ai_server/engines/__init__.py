@@ -1,48 +1,16 @@
-"""Engines behind one small interface: how to run one, whether it answers, what it serves.
-
-Each kind lives in its own module. The supervisor only ever talks to `Engine`.
+"""Engines behind one small interface (base.Engine): how to run one, whether it answers, what
+it serves. Each kind lives in its own module. The supervisor only ever talks to `Engine`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from ai_server.engines import llama_server, none, ollama
+from ai_server.engines.base import Engine, Progress
 
-import httpx
-
-from ai_server.config import EngineConfig, WarmConfig
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-class Engine(Protocol):
-    kind: str
-    # Path HAProxy's health check and our readiness check ask for; 200 means serving.
-    health_path: str
-    install_hint: str
-    # Serves Prometheus metrics of its own (llama-server with --metrics).
-    has_metrics: bool
-
-    def argv(self, config: EngineConfig, program: str, bind: tuple[str, int]) -> list[str]:
-        """The command line, with `program` the resolved path of command[0]."""
-
-    def env(self, config: EngineConfig, base: Mapping[str, str], bind: tuple[str, int]) -> dict[str, str]:
-        """The environment: `base`, then engine.env, then what pins it to `bind` (loopback)."""
-
-    async def models(self, client: httpx.AsyncClient) -> list[str]:
-        """Names of the models the engine can serve."""
-
-    async def metrics(self, client: httpx.AsyncClient) -> list[tuple[str, str]]:
-        """(model, Prometheus exposition) for each model the engine reports metrics for."""
-
-    async def warm(self, client: httpx.AsyncClient, model: str, config: WarmConfig, pull: bool,
-                   progress: Progress) -> str:
-        """Make `model` answer fast: pull if missing (when `pull`), then load. Returns what was
-        done ("loaded", "pulled and loaded"); raises WarmError."""
+__all__ = ["Engine", "Progress", "engine_for"]
 
 
 def engine_for(kind: str) -> Engine:
-    from ai_server.engines import llama_server, none, ollama
-
     engines: dict[str, Engine] = {"ollama": ollama.Ollama(), "llama-server": llama_server.LlamaServer(),
                                   "none": none.NoEngine()}
     return engines[kind]

@@ -6,9 +6,9 @@ from typing import Mapping
 
 import httpx
 
+from ai_server.base.errors import WarmError
 from ai_server.config import EngineConfig, WarmConfig
-from ai_server.engines import Progress
-from ai_server.errors import WarmError
+from ai_server.engines.base import Progress
 
 
 class NoEngine:

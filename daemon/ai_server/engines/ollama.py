@@ -7,10 +7,10 @@ from typing import Mapping
 
 import httpx
 
+from ai_server.base.errors import WarmError
+from ai_server.base.netaddr import host_port
 from ai_server.config import EngineConfig, WarmConfig
-from ai_server.engines import Progress
-from ai_server.errors import WarmError
-from ai_server.netaddr import host_port
+from ai_server.engines.base import Progress
 
 
 def _full_name(model: str) -> str:

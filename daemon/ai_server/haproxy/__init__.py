@@ -12,8 +12,8 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-from ai_server.errors import HaproxyConfigError
-from ai_server.files import atomic_write
+from ai_server.base.errors import HaproxyConfigError
+from ai_server.base.files import atomic_write
 from ai_server.haproxy import maps
 from ai_server.haproxy.lua import LUA, lua
 from ai_server.haproxy.maps import MapFile

@@ -6,7 +6,7 @@ HAProxy escapes control bytes and spaces in a logged URI as #XX.
 
 from __future__ import annotations
 
-from ai_server.nodes import node_of
+from ai_server.haproxy.names import node_of
 
 LOG_TAG = "ai-server-request"
 # who (the client) and the model are our variables: validated names, never free text.

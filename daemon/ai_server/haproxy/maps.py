@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from ai_server.allowlist import path_regex
-from ai_server.clients import UNKNOWN, Clients, Policy, normalize_glob
-from ai_server.config import METHODS, MODEL_PLACEHOLDER, Allowlist
-from ai_server.tailscale import Peer
+from ai_server.access.allowlist import METHODS, MODEL_PLACEHOLDER, Allowlist, path_regex
+from ai_server.access.clients import UNKNOWN, Clients, Policy, normalize_glob
+from ai_server.access.tailscale import Peer
 
 ALLOW_PATHS = "allow-paths.map"
 ALLOW_ROUTES = "allow-routes.map"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ai_server import nodes
-from ai_server.config import LOCAL_NODE, METHODS, Config
-from ai_server.haproxy import maps
+from ai_server.access.allowlist import METHODS
+from ai_server.base.netaddr import parse_ip
+from ai_server.config import LOCAL_NODE, Config
+from ai_server.haproxy import maps, names
 from ai_server.haproxy.logfmt import LOG_FORMAT
 from ai_server.haproxy.lua import LUA
-from ai_server.netaddr import parse_ip
 
 # Where the supervisor finds them too (paths.Paths): relative here, HAProxy runs in the state dir.
 STATS_SOCKET = "haproxy.sock"
@@ -520,7 +520,7 @@ def _node_backends(spec: RenderInput) -> list[str]:
         if local:
             targets.append((LOCAL_NODE, f"unix@{LOCAL_SOCKET}", f"node_{LOCAL_NODE}/{LOCAL_NODE}"))
         for name, address, tracked in targets:
-            for server, backup in ((name, ""), (nodes.backup_name(name), " backup")):
+            for server, backup in ((name, ""), (names.backup_name(name), " backup")):
                 if backup and not backups:
                     continue
                 # Not ready: disabled (maint) at start, when nothing is in flight; the supervisor
@@ -532,7 +532,7 @@ def _node_backends(spec: RenderInput) -> list[str]:
                            "on-marked-down shutdown-sessions")
         return out
 
-    for i in range(nodes.MODEL_BACKENDS):
+    for i in range(names.MODEL_BACKENDS):
         lines += [
             f"backend m{i}",
             *(["    # One model's nodes (which model: node-models.map). Nodes that have it loaded are",

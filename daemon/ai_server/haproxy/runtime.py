@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Iterable
 
-from ai_server.errors import HaproxyRuntimeError
+from ai_server.base.errors import HaproxyRuntimeError
 from ai_server.haproxy.maps import MapFile
 
 

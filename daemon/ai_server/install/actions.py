@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ai_server.errors import InstallError
-from ai_server.files import atomic_write
+from ai_server.base.errors import InstallError
+from ai_server.base.files import atomic_write
+
 
 @dataclass(frozen=True)
 class WriteFile:

@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Callable
 
 from ai_server import config as config_mod
-from ai_server import control
-from ai_server.errors import AiServerError
+from ai_server.base import tomlfile
+from ai_server.base.errors import AiServerError, InstallError
+from ai_server.base.paths import Paths
+from ai_server.daemon import control
 from ai_server.install import launchd, systemd
-from ai_server.errors import InstallError
-from ai_server.install.actions import Action, Call, MakeDir, Move, Remove, Run, WriteFile, perform
+from ai_server.install.actions import (
+    Action,
+    Call,
+    MakeDir,
+    Move,
+    Remove,
+    Run,
+    WriteFile,
+    perform,
+)
 from ai_server.install.system import System
-from ai_server.paths import Paths
 
 MIN_MACOS = (14,)
 
@@ -104,7 +113,7 @@ class Installer:
             if target.exists():
                 self.notes.append(f"kept your {target}")
                 continue
-            text = config_mod.default_text(name)
+            text = tomlfile.default_text(name)
             if name == "ai-server.toml" and not proxy:
                 text = text.replace("[proxy]\n", "[proxy]\n# Declined at install: no HAProxy. See README.\nenabled = false\n", 1)
             actions.append(WriteFile(target, text.encode()))

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ai_server.errors import InstallError
+from ai_server.base.errors import InstallError
 
 LABEL = "com.ai-server"
 # launchd starts jobs with a minimal PATH; Homebrew's folders must be on it.

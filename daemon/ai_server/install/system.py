@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from ai_server.preflight import search_path
+from ai_server.daemon.preflight import search_path
 
 
 @dataclass

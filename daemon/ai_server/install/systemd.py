@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ai_server.errors import InstallError
+from ai_server.base.errors import InstallError
 
 UNIT = "ai-server.service"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

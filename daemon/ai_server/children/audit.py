@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from ai_server.netaddr import host_port
+from ai_server.base.netaddr import host_port
 
 
 @dataclass(frozen=True)

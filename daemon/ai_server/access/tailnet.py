@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 import psutil
 
-from ai_server import tailscale
+from ai_server.access import tailscale
 
 TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
 TAILNET_V6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from ai_server.base.netaddr import is_dns_name
+
 CLI_PATHS = ("/Applications/Tailscale.app/Contents/MacOS/Tailscale",)
-_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
-
-
-def is_dns_name(value: str) -> bool:
-    return len(value) <= 254 and DNS_NAME.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

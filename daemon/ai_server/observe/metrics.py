@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from ai_server import logs
+from ai_server.base import logs
 
 # Seconds: LLM requests run from milliseconds (a model list) to minutes (a long generation).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)

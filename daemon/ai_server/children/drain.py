@@ -13,9 +13,9 @@ from typing import Callable
 
 import structlog
 
+from ai_server.base.errors import HaproxyRuntimeError
+from ai_server.children.lifecycle import Clock
 from ai_server.haproxy import maps, runtime, set_hold_file
-from ai_server.errors import HaproxyRuntimeError
-from ai_server.lifecycle import Clock
 
 
 class Hold:

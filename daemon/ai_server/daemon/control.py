@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from ai_server.errors import ControlError, NotRunning
+from ai_server.base.errors import ControlError, NotRunning
 
 Handler = Callable[[str, dict[str, Any]], AsyncIterator[dict[str, Any]]]
 _LIMIT = 1 << 20

@@ -9,15 +9,15 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
-from ai_server.clients import UNKNOWN
-from ai_server.errors import AiServerError, HaproxyRuntimeError
+from ai_server.access.clients import UNKNOWN
+from ai_server.base.errors import AiServerError, HaproxyRuntimeError
+from ai_server.base.netaddr import host_port
+from ai_server.children.process import Child, Role
+from ai_server.children.states import State
 from ai_server.haproxy import runtime
-from ai_server.netaddr import host_port
-from ai_server.process import Child, Role
-from ai_server.states import State
 
 if TYPE_CHECKING:
-    from ai_server.supervisor import Supervisor
+    from ai_server.daemon.supervisor import Supervisor
 
 Answers = AsyncIterator[dict[str, Any]]
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Mapping
 
 import psutil
 
+from ai_server.base.errors import PreflightError
 from ai_server.engines import engine_for
-from ai_server.errors import PreflightError
 
 if TYPE_CHECKING:
-    from ai_server.reload import Desired
+    from ai_server.desired import Desired
 
 HOMEBREW_BINS = ("/opt/homebrew/bin", "/usr/local/bin", "/home/linuxbrew/.linuxbrew/bin")
 

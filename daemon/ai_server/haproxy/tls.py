@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ai_server.errors import AiServerError
-from ai_server.files import atomic_write
+from ai_server.base.errors import AiServerError
+from ai_server.base.files import atomic_write
 
 PEM = "tls.pem"  # certificate and key, as HAProxy's `crt` takes them; named relative to the state dir
 RENEW_EVERY_S = 12 * 3600

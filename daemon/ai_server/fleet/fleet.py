@@ -9,12 +9,14 @@ from typing import Any, Callable
 
 import httpx
 
-from ai_server import logs, nodes
+from ai_server.base import logs
+from ai_server.base.errors import AiServerError, HaproxyRuntimeError
+from ai_server.base.paths import Paths
 from ai_server.config import LOCAL_NODE, Config
-from ai_server.errors import AiServerError, HaproxyRuntimeError
-from ai_server.haproxy import maps, runtime
+from ai_server.fleet import nodes
+from ai_server.haproxy import maps, names, runtime
 from ai_server.haproxy.maps import MapFile
-from ai_server.paths import Paths
+from ai_server.haproxy.names import MODEL_BACKENDS
 
 DISCOVERY_TIMEOUT = httpx.Timeout(3.0)
 
@@ -71,7 +73,7 @@ class Fleet:
             dropped = sorted(every - set(self.assignment))
             if dropped:
                 self.log.warning("nodes_too_many_models", models=dropped[:10], count=len(dropped),
-                                 reason=f"a front routes at most {nodes.MODEL_BACKENDS} models")
+                                 reason=f"a front routes at most {MODEL_BACKENDS} models")
             if proxy_running:
                 await asyncio.to_thread(self.apply)
             return self.assignment != before
@@ -96,8 +98,8 @@ class Fleet:
         commands = [f"set server {b}/{s} state {state}" for (b, s), state in sorted(wanted.items())
                     if force or self.applied.get((b, s)) != state]
         for name, state in self.states.items():
-            for backend in [f"m{i}" for i in range(nodes.MODEL_BACKENDS)] + ["any_node"]:
-                for server in (name, nodes.backup_name(name)) if backend != "any_node" else (name,):
+            for backend in [f"m{i}" for i in range(MODEL_BACKENDS)] + ["any_node"]:
+                for server in (name, names.backup_name(name)) if backend != "any_node" else (name,):
                     if force or self.applied.get((backend, f"maxconn:{server}")) != str(state.slots):
                         commands.append(f"set maxconn server {backend}/{server} {state.slots}")
                         self.applied[(backend, f"maxconn:{server}")] = str(state.slots)
@@ -135,7 +137,7 @@ class Fleet:
         out = []
         for name, state in sorted(self.states.items()):
             servers = [r for r in rows if (r.get("pxname", "").startswith("m") or r.get("pxname") == "any_node")
-                       and r.get("svname") in (name, nodes.backup_name(name))]
+                       and r.get("svname") in (name, names.backup_name(name))]
             health = next((r.get("status", "") for r in rows if r.get("pxname") == f"node_{name}" and r.get("svname") == name), "")
             out.append({
                 "name": name, "url": self.urls.get(name) or "(this machine's engine)",

@@ -19,19 +19,27 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
-from ai_server import allowlist, control, haproxy, logs, metrics, nodes, preflight, records, reload, tls
+from ai_server import desired as desired_mod
+from ai_server import haproxy
+from ai_server.access import allowlist
+from ai_server.base import logs
+from ai_server.base.errors import AiServerError, ConfigError, HaproxyRuntimeError
+from ai_server.base.files import private_dir
+from ai_server.base.paths import Paths
+from ai_server.children import records
+from ai_server.children.engine import EngineChild
+from ai_server.children.lifecycle import Clock
+from ai_server.children.process import Child, Role
+from ai_server.children.proxy import ProxyChild
+from ai_server.children.states import Mood, State
+from ai_server.daemon import control, preflight
+from ai_server.daemon.commands import Commands
+from ai_server.desired import Desired
+from ai_server.fleet import nodes
+from ai_server.fleet.fleet import Fleet
+from ai_server.haproxy import tls
 from ai_server.haproxy.logfmt import parse_log
-from ai_server.commands import Commands
-from ai_server.engine_child import EngineChild
-from ai_server.errors import AiServerError, ConfigError, HaproxyRuntimeError
-from ai_server.fleet import Fleet
-from ai_server.files import private_dir
-from ai_server.lifecycle import Clock
-from ai_server.paths import Paths
-from ai_server.process import Child, Role
-from ai_server.proxy_child import ProxyChild
-from ai_server.reload import Desired
-from ai_server.states import Mood, State
+from ai_server.observe import metrics
 
 TAILNET_POLL_S = 5.0
 CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml", "clients.toml"})
@@ -125,7 +133,7 @@ class Supervisor:
 
     async def _load(self) -> None:
         """Everything that can refuse to start, before anything is started."""
-        self.desired = await asyncio.to_thread(reload.read, self.paths.config_dir)
+        self.desired = await asyncio.to_thread(desired_mod.read, self.paths.config_dir)
         self.fleet = Fleet(self.paths, self._local_node_url, lambda: self.desired.config.engine.slots)
         self.fleet.configure(self.desired.config)
         self.proxy = ProxyChild(self.paths, lambda: self.desired, self.environ, self.clock, self._on_transition,
@@ -179,8 +187,8 @@ class Supervisor:
             if self.mood is Mood.SHUTDOWN:
                 return {"ok": False, "error": "ai-server is shutting down"}
             try:
-                new = await asyncio.to_thread(reload.read, self.paths.config_dir)
-                plan = reload.plan(self.desired, new, self.paths.config_file.name)
+                new = await asyncio.to_thread(desired_mod.read, self.paths.config_dir)
+                plan = desired_mod.plan(self.desired, new, self.paths.config_file.name)
                 programs = preflight.check(new, self.environ, running=self.desired)
                 cfg_changed = False
                 if plan.nodes:
@@ -249,7 +257,7 @@ class Supervisor:
             # The tailnet's peers matter as soon as clients.toml names one.
             if "tailscale" not in self.desired.config.proxy.listen and not self.desired.clients.clients:
                 continue
-            now = await asyncio.to_thread(reload.with_tailnet, self.desired)
+            now = await asyncio.to_thread(desired_mod.with_tailnet, self.desired)
             old = self.desired
             if (now.addresses, now.names, now.tailnet_problem, now.peers) != (
                     old.addresses, old.names, old.tailnet_problem, old.peers):
@@ -332,7 +340,7 @@ class Supervisor:
         if load is not None:
             live.inflight, live.queued, live.oldest_wait_s = load["inflight"], load["queued"], load["oldest_wait_s"]
             live.clients_inflight, live.proxy_requests = load["clients"], load["requests_total"]
-        live.engine = await self.engine.metrics()
+        live.engine = [s for model, text in await self.engine.metrics() for s in metrics.engine_samples(text, model)]
         return metrics.render(self.recorder, live)
 
     # -- shutdown --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ai_server.errors import StateDirError
+from ai_server.base.errors import StateDirError
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:

@@ -17,9 +17,9 @@ from typing import IO, Any
 
 import psutil
 
-from ai_server.errors import AlreadyRunning
-from ai_server.files import atomic_write
-from ai_server.process import stop_group
+from ai_server.base.errors import AlreadyRunning
+from ai_server.base.files import atomic_write
+from ai_server.children.process import stop_group
 
 _SAME_PROCESS = 0.05  # seconds of create-time slack; psutil rounds differently per platform
 

@@ -13,15 +13,16 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import httpx
 
-from ai_server import audit, logs
-from ai_server.drain import Hold
+from ai_server.base import logs
+from ai_server.base.netaddr import host_port
+from ai_server.children import audit
+from ai_server.children.drain import Hold
+from ai_server.children.lifecycle import Clock, OnTransition
+from ai_server.children.process import Child, Role, Spec
+from ai_server.children.states import Mood, State
+from ai_server.children.warm import Warmer
+from ai_server.desired import Desired
 from ai_server.engines import Engine, engine_for
-from ai_server.lifecycle import Clock, OnTransition
-from ai_server.netaddr import host_port
-from ai_server.process import Child, Role, Spec
-from ai_server.reload import Desired
-from ai_server.states import Mood, State
-from ai_server.warm import Warmer
 
 
 class EngineChild:
@@ -156,20 +157,17 @@ class EngineChild:
             except Exception:  # a bug here must not end restarts for good
                 self.log.exception("restart_failed", process=self.child.name, reason=reason)
 
-    async def metrics(self) -> list[tuple[str, str, str, dict[str, str], float]]:
-        """The engine's own metrics, renamed ai_server_engine_* (none when it has none)."""
+    async def metrics(self) -> list[tuple[str, str]]:
+        """The engine's own metrics text, per model (none when it has none)."""
         if self.child.state != State.RUNNING or not self.kind.has_metrics:
             return []
-        from ai_server.metrics import engine_samples
-
         if self._metrics_client is None or str(self._metrics_client.base_url) != self.url:
             # One client for every scrape: making one costs more than the scrape (an SSL context).
             self._metrics_client = httpx.AsyncClient(base_url=self.url, timeout=1.0)
         try:
-            found = await self.kind.metrics(self._metrics_client)
+            return await self.kind.metrics(self._metrics_client)
         except (httpx.HTTPError, ValueError, KeyError):
             return []
-        return [sample for model, text in found for sample in engine_samples(text, model)]
 
     async def settled(self) -> State:
         return await self.child.settled(self.child.lc.policy.startsecs + self.child.start_timeout)

@@ -10,15 +10,31 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
 from tomlkit.items import AoT
 
-from ai_server.config import (MODEL_PLACEHOLDER, METHODS, Allowlist, Rule, check_rule_path, default_text,
-                              is_management, parse_allowlist)
-from ai_server.errors import ConfigError
-from ai_server.files import write_keeping_mode
+from ai_server.base.errors import ConfigError
+from ai_server.base.files import write_keeping_mode
+from ai_server.base.tomlfile import default_text, line_of, parse_toml, read_text
+
+# Methods a rule may list. CONNECT and TRACE are never forwarded: they only help attackers.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+MODEL_PLACEHOLDER = "{model}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    path: str
+    methods: tuple[str, ...]
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    rules: tuple[Rule, ...] = ()
 
 # One model name: `qwen2.5-coder:32b`, `hf.co/org/repo:Q4_K_M`, `registry:5000/ns/m:tag`.
 # Each segment starts with a letter, digit or _, so `.` and `..` can never be one. Written in
@@ -80,6 +96,99 @@ def allowed_methods(allowlist: Allowlist, path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Validation: allowlist.toml
+
+# A rule's literal characters: a subset of RFC 3986's path characters. Anything else (%, \\,
+# ;, spaces, control bytes...) could mean one thing to HAProxy and another to the engine, or
+# change the syntax of the maps the rules are compiled into, so it cannot be written at all.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._~/:-]*")
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]|\s")
+# What a rule may never let through, whatever its path: endpoints that download, write, copy
+# or delete models. ai-server pulls for you (`ai-server warm`), on loopback.
+MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+MANAGEMENT_PREFIXES = ("/api/blobs/",)
+# Paths a {model} rule is tried against: each management endpoint, and a blob.
+MANAGEMENT_PROBES = MANAGEMENT + ("/api/blobs/sha256:" + "0" * 64,)
+
+
+def is_management(path: str) -> bool:
+    return path in MANAGEMENT or path.startswith(MANAGEMENT_PREFIXES)
+
+
+def check_rule_path(path: str) -> str | None:
+    """Why `path` cannot be a rule, or None. Judged on the whole string: a trailing newline is
+    refused like any other byte outside the grammar."""
+    if _SPACE_OR_CONTROL.search(path):
+        return "holds whitespace or a control character"
+    if not path.startswith("/"):
+        return "must start with /"
+    literal = path.replace(MODEL_PLACEHOLDER, "m")
+    if "{" in literal or "}" in literal:
+        return "the only placeholder is {model}"
+    if path.count(MODEL_PLACEHOLDER) > 1:
+        return "may hold {model} at most once"
+    if _PATH_CHARS.fullmatch(literal) is None:
+        return "may hold only letters, digits and . _ ~ / : - (and {model})"
+    segments = path.split("/")[1:]
+    if any(s in (".", "..") for s in segments):
+        return "must not hold . or .. segments"
+    if "//" in path:
+        return "must not hold //"
+    if MODEL_PLACEHOLDER in path and not re.fullmatch(r"(/[^/]+)*/\{model\}(/[^/]+)*", path):
+        return "{model} must stand as a whole path segment, e.g. /v1/models/{model}"
+    reached = [p for p in MANAGEMENT_PROBES if re.fullmatch(path_regex(path)[1:-1], p)]
+    if reached:
+        return (f"would reach {reached[0].rstrip('0') + ('...' if reached[0].endswith('0') else '')}: model management "
+                "is never forwarded (pull with `ai-server warm MODEL`)")
+    return None
+
+
+def parse(text: str, label: str = "allowlist.toml") -> Allowlist:
+    data = parse_toml(text, label)
+    for name in data:
+        if name != "allow":
+            raise ConfigError(label, "unknown key; rules go in [[allow]] tables",
+                              line=line_of(text, name) or line_of(text, None, name), key=name)
+    entries = data.get("allow", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(label, "must be [[allow]] tables", line=line_of(text, None, "allow"), key="allow")
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        here = line_of(text, "allow", None, index)
+
+        def fail(key: str, message: str) -> ConfigError:
+            return ConfigError(label, message, line=line_of(text, "allow", key, index) or here,
+                               key=f"allow[{index}].{key}")
+
+        for key in entry:
+            if key not in ("path", "methods"):
+                raise fail(key, "unknown key; a rule has path and methods")
+        path = entry.get("path")
+        if not isinstance(path, str):
+            raise fail("path", "missing or not a string")
+        problem = check_rule_path(path)
+        if problem:
+            raise fail("path", f"{path!r} {problem}")
+        if path in seen:
+            raise fail("path", f"{path!r} is already allowed by rule {seen[path]}; list all its methods there")
+        seen[path] = index
+        methods = entry.get("methods")
+        if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+            raise fail("methods", "must be a non-empty array of HTTP methods, e.g. [\"POST\"]")
+        upper = tuple(dict.fromkeys(m.upper() for m in methods))
+        for method in upper:
+            if method not in METHODS:
+                raise fail("methods", f"{method!r} is not a method a rule may allow ({', '.join(METHODS)})")
+        rules.append(Rule(path=path, methods=upper, line=here))
+    return Allowlist(rules=tuple(rules))
+
+def load(config_dir: Path) -> Allowlist:
+    text, label = read_text(config_dir / "allowlist.toml")
+    return parse(text, label)
+
+
+# ---------------------------------------------------------------------------------------------
 # Editing allowlist.toml with tomlkit, keeping the user's comments and layout.
 
 
@@ -88,13 +197,13 @@ def _document(path: Path) -> tomlkit.TOMLDocument:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         text = default_text("allowlist.toml")
-    parse_allowlist(text, str(path))  # refuse to edit a file that is already broken
+    parse(text, str(path))  # refuse to edit a file that is already broken
     return tomlkit.parse(text)
 
 
 def _write(path: Path, document: tomlkit.TOMLDocument) -> None:
     text = tomlkit.dumps(document)
-    parse_allowlist(text, str(path))
+    parse(text, str(path))
     write_keeping_mode(path, text)
 
 

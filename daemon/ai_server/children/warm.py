@@ -12,10 +12,10 @@ from typing import Any, AsyncIterator, Callable
 
 import httpx
 
-from ai_server import logs
+from ai_server.base import logs
+from ai_server.base.errors import WarmError
 from ai_server.config import WarmConfig
 from ai_server.engines import Engine
-from ai_server.errors import WarmError
 
 # Loading a 70B model from disk takes minutes; a pull can take much longer.
 LOAD_TIMEOUT = httpx.Timeout(connect=5.0, read=1800.0, write=60.0, pool=5.0)

@@ -20,17 +20,10 @@ from typing import Iterable
 
 import httpx
 
-from ai_server.config import LOCAL_NODE
+from ai_server.haproxy.names import MODEL_BACKENDS, backup_name
 
-MODEL_BACKENDS = 64          # models the front can route at once (m0 .. m63)
 POLL_S = 5.0
 _MODEL = re.compile(r"[a-z0-9._:/-]{1,256}")
-
-
-def backup_name(node: str) -> str:
-    """A node's backup server in a model backend. Node names have no ":", so this never
-    collides with another node's name (as "a_b" would with node "a"'s "_b")."""
-    return node + ":backup"
 
 
 @dataclass
@@ -142,14 +135,3 @@ def union(states: Iterable[NodeState]) -> dict[str, str]:
     tags = {"models": [{"name": n, "model": n} for n in ordered]}
     compact = {"separators": (",", ":")}
     return {"v1": json.dumps(v1, **compact), "tags": json.dumps(tags, **compact), "list": json.dumps(ordered, **compact)}
-
-
-def node_of(backend: str, server: str) -> str | None:
-    """The node a request went to, from the backend and server HAProxy logged."""
-    if backend == "any_node" or re.fullmatch(r"m\d+", backend):
-        return server.removesuffix(":backup")
-    return None
-
-
-__all__ = ["LOCAL_NODE", "MODEL_BACKENDS", "NodeState", "assign", "backup_name", "discover", "model_keys", "node_of",
-           "server_states", "union"]

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ai_server.children.states import ALIVE, State, check
 from ai_server.config import RestartPolicy
-from ai_server.states import ALIVE, State, check
 
 Clock = Callable[[], float]
 

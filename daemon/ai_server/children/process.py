@@ -15,10 +15,10 @@ from typing import Any, Awaitable, Callable
 
 import psutil
 
-from ai_server import logs
+from ai_server.base import logs
+from ai_server.children.lifecycle import Clock, Lifecycle, OnTransition, Snapshot
+from ai_server.children.states import Mood, State
 from ai_server.config import RestartPolicy
-from ai_server.lifecycle import Clock, Lifecycle, OnTransition, Snapshot
-from ai_server.states import Mood, State
 
 _MAX_LINE = 16384
 

@@ -7,19 +7,22 @@ import asyncio
 import signal
 from typing import Any, Callable, Mapping
 
-from ai_server import haproxy, logs, nodes, tailscale, tls
-from ai_server.fleet import Fleet
-from ai_server.haproxy import maps, runtime
+from ai_server import haproxy
+from ai_server.access import tailscale
+from ai_server.base import logs
+from ai_server.base.errors import HaproxyRuntimeError
+from ai_server.base.paths import Paths
+from ai_server.children.drain import Hold
+from ai_server.children.lifecycle import Clock, OnTransition
+from ai_server.children.process import Child, Role, Spec
+from ai_server.children.states import ALIVE, Mood, State
+from ai_server.desired import Desired, Plan
+from ai_server.engines import engine_for
+from ai_server.fleet import nodes
+from ai_server.fleet.fleet import Fleet
+from ai_server.haproxy import maps, runtime, tls
 from ai_server.haproxy.maps import MapFile
 from ai_server.haproxy.render import PRIORITY_CLASSES
-from ai_server.drain import Hold
-from ai_server.engines import engine_for
-from ai_server.errors import HaproxyRuntimeError
-from ai_server.lifecycle import Clock, OnTransition
-from ai_server.paths import Paths
-from ai_server.process import Child, Role, Spec
-from ai_server.reload import Desired, Plan
-from ai_server.states import ALIVE, Mood, State
 
 # HAProxy itself starts in well under a second; this only bounds a hung start.
 START_TIMEOUT = 30.0

@@ -22,11 +22,11 @@ from typing import Any, Iterable
 
 import tomlkit
 
-from ai_server.config import _Table, check_rule_path, default_text, parse_toml, read_text
-from ai_server.errors import ConfigError
-from ai_server.files import write_keeping_mode
-from ai_server.tailscale import Peer
-from ai_server.tomlpos import line_of
+from ai_server.access.allowlist import check_rule_path
+from ai_server.access.tailscale import Peer
+from ai_server.base.errors import ConfigError
+from ai_server.base.files import write_keeping_mode
+from ai_server.base.tomlfile import Table, default_text, line_of, parse_toml, read_text
 
 PRIORITIES = ("interactive", "normal", "batch")
 KINDS = ("token_sha256", "device", "user", "tag")   # precedence, most specific first
@@ -144,7 +144,7 @@ def model_allowed(policy: Policy, model: str, ollama: bool) -> bool:
 # -- parsing -------------------------------------------------------------------------------------
 
 
-def _policy(t: _Table, base: Policy, allow_paths: bool) -> Policy:
+def _policy(t: Table, base: Policy, allow_paths: bool) -> Policy:
     def globs(value: list[Any]) -> str | None:
         for item in value:
             if not isinstance(item, str) or not GLOB.fullmatch(item):
@@ -182,10 +182,10 @@ def parse(text: str, label: str = "clients.toml") -> Clients:
     for name in ("defaults", "unknown"):
         if name in data and not isinstance(data[name], dict):
             raise ConfigError(label, "must be a table", line=line_of(text, None, name), key=name)
-    d = _Table(data.get("defaults", {}), "defaults", text, label)
+    d = Table(data.get("defaults", {}), "defaults", text, label)
     defaults = _policy(d, Policy(), allow_paths=False)
     d.finish()
-    u = _Table(data.get("unknown", {}), "unknown", text, label)
+    u = Table(data.get("unknown", {}), "unknown", text, label)
     unknown = u.get("policy", "allow", str, lambda v: None if v in ("allow", "deny") else 'must be "allow" or "deny"')
     u.finish()
     entries = data.get("client", [])
@@ -194,7 +194,7 @@ def parse(text: str, label: str = "clients.toml") -> Clients:
                           key="client")
     clients: list[Client] = []
     for index, entry in enumerate(entries):
-        t = _Table(entry, "client", text, label, index)
+        t = Table(entry, "client", text, label, index)
         here = line_of(text, "client", None, index)
         fail = t.fail
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -40,3 +41,11 @@ def listen_problem(text: str) -> str | None:
 def canonical(text: str) -> str:
     """The plain spelling of an address (IPv4-mapped addresses as IPv4)."""
     return str(parse_ip(text))
+
+
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+
+
+def is_dns_name(value: str) -> bool:
+    return len(value) <= 254 and DNS_NAME.fullmatch(value) is not None

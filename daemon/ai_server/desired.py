@@ -1,4 +1,5 @@
-"""Reload as supervisord's diff_to_active(): a pure plan of what changed, then the actions it implies.
+"""What should run (Desired), and reload as supervisord's diff_to_active(): a pure plan of
+what changed, then the actions it implies.
 
 `read` gathers what should run (files, tailnet addresses); `plan(old, new)` says which
 children and which parts of the proxy that touches; the supervisor applies the plan.
@@ -9,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ai_server import clients as clients_mod
 from ai_server import config as config_mod
-from ai_server import tailnet
-from ai_server.clients import Clients
-from ai_server.config import Allowlist, Config
-from ai_server.tailscale import Peer
-from ai_server.errors import ConfigError
+from ai_server.access import allowlist, tailnet
+from ai_server.access import clients as clients_mod
+from ai_server.access.allowlist import Allowlist
+from ai_server.access.clients import Clients
+from ai_server.access.tailscale import Peer
+from ai_server.base.errors import ConfigError
+from ai_server.config import Config
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ def read(config_dir: Path) -> Desired:
     """Both files and the tailnet addresses. Blocking (files, the tailscale CLI): call it off
     the event loop. ConfigError on a bad file."""
     cfg = config_mod.load(config_dir)
-    allowlist = config_mod.load_allowlist(config_dir)
-    return with_tailnet(Desired(cfg, allowlist, clients=clients_mod.load(config_dir)))
+    rules = allowlist.load(config_dir)
+    return with_tailnet(Desired(cfg, rules, clients=clients_mod.load(config_dir)))
 
 
 def with_tailnet(desired: Desired) -> Desired:
