@@ -11,11 +11,12 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ai_server import __version__
 from ai_server import config as config_mod
-from ai_server.access import allowlist
+from ai_server.access import allowlist, presets
 from ai_server.base import logs
 from ai_server.base.errors import AiServerError, NotRunning
 from ai_server.base.paths import Paths, resolve
@@ -177,8 +178,21 @@ def cmd_allow(paths: Paths, args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.allow_command == "add":
         print(allowlist.add_rule(target, args.path, args.method))
+    elif args.allow_command == "preset":
+        return _allow_preset(target, args)
     else:
         print(allowlist.remove_rule(target, args.path))
+    return EXIT_OK
+
+
+def _allow_preset(target: Path, args: argparse.Namespace) -> int:
+    if args.list:
+        print(presets.listing())
+        return EXIT_OK
+    if not args.name:
+        raise AiServerError(f"name a preset ({', '.join(presets.PRESETS)}), or --list")
+    for line in presets.apply(target, args.name):
+        print(line)
     return EXIT_OK
 
 
@@ -327,13 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("allow", help="list or edit allowlist.toml")
-    allow = p.add_subparsers(dest="allow_command", required=True, metavar="list|add|remove")
+    allow = p.add_subparsers(dest="allow_command", required=True, metavar="list|add|remove|preset")
     allow.add_parser("list")
     a = allow.add_parser("add")
     a.add_argument("path")
     a.add_argument("--method", action="append", required=True, metavar="M")
     r = allow.add_parser("remove")
     r.add_argument("path")
+    pr = allow.add_parser("preset", help="add the rules a kind of client needs (--list: what each preset holds)")
+    pr.add_argument("name", nargs="?", choices=list(presets.PRESETS), metavar="NAME")
+    pr.add_argument("--list", action="store_true", help="every preset and its rules")
     p.set_defaults(func=cmd_allow)
 
     p = sub.add_parser("clients", help="who is calling: identities, policies, load; `clients token NAME`")

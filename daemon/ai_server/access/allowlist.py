@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
-from tomlkit.items import AoT
+from tomlkit.items import AoT, Whitespace
 
 from ai_server.base.errors import ConfigError
 from ai_server.base.files import write_keeping_mode
@@ -209,34 +209,52 @@ def _write(path: Path, document: tomlkit.TOMLDocument) -> None:
 
 def add_rule(path: Path, rule_path: str, methods: list[str]) -> str:
     """Allow `methods` on `rule_path`, merging into an existing rule. Returns what changed."""
-    problem = check_rule_path(rule_path)
-    if problem:
-        raise ConfigError(str(path), f"{rule_path!r} {problem}", key="path")
-    wanted = [m.upper() for m in methods]
-    for method in wanted:
-        if method not in METHODS:
-            raise ConfigError(str(path), f"{method!r} is not a method a rule may allow ({', '.join(METHODS)})", key="methods")
+    return add_rules(path, [(rule_path, methods, None)])[0]
+
+
+def add_rules(path: Path, wanted: list[tuple[str, list[str], str | None]]) -> list[str]:
+    """Allow each (path, methods, comment), merging into existing rules, in one write: all of
+    them or, on any bad one, none. A new rule's path line carries the comment. What changed."""
+    for rule_path, methods, _ in wanted:
+        problem = check_rule_path(rule_path)
+        if problem:
+            raise ConfigError(str(path), f"{rule_path!r} {problem}", key="path")
+        for method in methods:
+            if method.upper() not in METHODS:
+                raise ConfigError(str(path), f"{method!r} is not a method a rule may allow ({', '.join(METHODS)})",
+                                  key="methods")
     document = _document(path)
     rules = document.get("allow")
     if rules is None:
         rules = AoT([])
         document["allow"] = rules
+    changes = [_merge(rules, rule_path, [m.upper() for m in methods], comment) for rule_path, methods, comment in wanted]
+    if any(changed for changed, _ in changes):
+        _write(path, document)
+    return [said for _, said in changes]
+
+
+def _merge(rules: AoT, rule_path: str, wanted: list[str], comment: str | None) -> tuple[bool, str]:
     for table in rules:
         if table["path"] == rule_path:
             present = [str(m).upper() for m in table["methods"]]
-            added = [m for m in wanted if m not in present]
+            added = [m for m in dict.fromkeys(wanted) if m not in present]
             if not added:
-                return f"{rule_path} already allows {', '.join(present)}"
+                return False, f"{rule_path} already allows {', '.join(present)}"
             for method in added:
                 table["methods"].append(method)
-            _write(path, document)
-            return f"{rule_path} now allows {', '.join(present + added)}"
+            return True, f"{rule_path} now allows {', '.join(present + added)}"
     table = tomlkit.table()
     table["path"] = rule_path
+    if comment:
+        table["path"].comment(comment)
     table["methods"] = list(dict.fromkeys(wanted))
+    # Blank lines around it, as between the shipped rules.
+    if len(rules) and not isinstance(rules[-1].value.body[-1][1], Whitespace):
+        rules[-1].add(tomlkit.nl())
+    table.add(tomlkit.nl())
     rules.append(table)
-    _write(path, document)
-    return f"allowed {', '.join(dict.fromkeys(wanted))} {rule_path}"
+    return True, f"allowed {', '.join(dict.fromkeys(wanted))} {rule_path}"
 
 
 def remove_rule(path: Path, rule_path: str) -> str:
