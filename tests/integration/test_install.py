@@ -88,7 +88,9 @@ def make_machine(platform: str) -> Machine:
     for d in (home, bin_dir, brew_bin):
         d.mkdir()
     for name in PROGRAMS:
-        if name == "tailscale" or (platform == "linux" and name in ("launchctl", "brew", "sw_vers", "osascript")):
+        # Homebrew brings Tailscale to a Mac; a Linux user installed it with Tailscale's script.
+        if (platform == "darwin" and name == "tailscale") or (
+                platform == "linux" and name in ("launchctl", "brew", "sw_vers", "osascript")):
             continue
         (bin_dir / name).symlink_to(STANDIN)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_SERVER_", "XDG_"))}
@@ -277,6 +279,23 @@ def test_dry_run_shows_the_whole_plan_when_prerequisites_are_missing(linux: Mach
     assert linux.changes() == [] and not linux.config_dir.exists()
     real = linux.cli("install", "--yes")
     assert real.returncode == 1 and "no systemd user instance here" in real.stderr and "Traceback" not in real.stderr
+
+
+def test_linux_without_tailscale_is_flagged_like_any_missing_piece(linux: Machine) -> None:
+    (linux.root / "bin" / "tailscale").unlink()
+    dry = linux.cli("install", "--dry-run", "--yes")
+    assert dry.returncode == 0, dry.stderr
+    missing = [line for line in dry.stdout.splitlines() if line.startswith("MISSING: install these first")]
+    assert len(missing) == 1 and "tailscale.com/install.sh" in missing[0], dry.stdout
+    assert "would write " + str(linux.home / ".config/systemd/user/ai-server.service") in dry.stdout
+    real = linux.cli("install", "--yes")
+    assert real.returncode == 1 and "tailscale.com/install.sh" in real.stderr and "Traceback" not in real.stderr
+    assert linux.changes() == []
+    # A config that binds explicit addresses, not the tailnet, does not need Tailscale.
+    linux.config_dir.mkdir(parents=True)
+    (linux.config_dir / "ai-server.toml").write_text(f'[proxy]\nlisten = ["{PROXY_HOST}"]\n')
+    explicit = linux.cli("install", "--dry-run", "--yes")
+    assert "tailscale.com" not in explicit.stdout, explicit.stdout
 
 
 def test_macos_dry_run_without_homebrew_shows_the_plan(mac: Machine) -> None:

@@ -244,6 +244,8 @@ class Installer:
         manager = "apt-get" if s.which("apt-get") else "dnf" if s.which("dnf") else None
         if s.which("ollama") is None:
             missing.append("curl -fsSL https://ollama.com/install.sh | sh   # then: sudo systemctl disable --now ollama")
+        if s.which("tailscale") is None and self._listens_on_tailscale():
+            missing.append("curl -fsSL https://tailscale.com/install.sh | sh   # then: sudo tailscale up")
         proxy = self._proxy_wanted(s.which("haproxy") is not None)
         if proxy and s.which("haproxy") is None:
             missing.append(f"sudo {manager or 'apt-get'} install haproxy")
@@ -266,6 +268,14 @@ class Installer:
             self.notes.append(f"to keep it running when you are logged out: `loginctl enable-linger {s.user}`")
         actions.append(Call("wait until `ai-server status` is healthy", self._wait_healthy))
         return actions
+
+    def _listens_on_tailscale(self) -> bool:
+        """Whether the config (yours, or the shipped default) binds the tailnet: then Tailscale is
+        a prerequisite like the engine. A config that does not parse is reported by `run`."""
+        try:
+            return "tailscale" in config_mod.load(self.paths.config_dir).proxy.listen
+        except AiServerError:
+            return True
 
     # -- uninstall -----------------------------------------------------------------------------
 
