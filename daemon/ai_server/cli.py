@@ -23,6 +23,9 @@ from ai_server.base.paths import Paths, resolve
 from ai_server.daemon import control
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING_CHILD, EXIT_NO_SUPERVISOR = 0, 1, 2, 3, 4
+# `status`: everything runs, but a config file is broken and the last good config is in force.
+# A monitoring script's warning, not its alarm (3): nothing is down, yet the edit did not apply.
+EXIT_CONFIG_ERROR = 5
 
 
 def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
@@ -54,6 +57,8 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
         else:
             lines.append(f"proxy: listening on {', '.join(proxy['listen'])}")
         if proxy.get("enabled") is not False:
+            if proxy.get("engine_listen"):
+                lines.append(f"engine: listening on {proxy['engine_listen']} (loopback only: reached through the proxy)")
             lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
         if proxy.get("nodes"):
             lines.append(f"nodes: {', '.join(proxy['nodes'])} (`ai-server nodes`: their state and models)")
@@ -81,7 +86,9 @@ def _status_code(data: dict[str, Any], names: Sequence[str]) -> int:
     healthy = children and all(c["state"] == "RUNNING" for c in children)
     if not names and data["proxy"].get("waiting"):
         healthy = False
-    return EXIT_OK if healthy else EXIT_NOT_RUNNING_CHILD
+    if not healthy:
+        return EXIT_NOT_RUNNING_CHILD
+    return EXIT_CONFIG_ERROR if not names and data["proxy"].get("config_error") else EXIT_OK
 
 
 def cmd_status(paths: Paths, args: argparse.Namespace) -> int:

@@ -57,8 +57,9 @@ def test_broken_file_keeps_the_last_good_config(stack: Stack, broken: str, where
     save_like_an_editor(allow_file, broken)
     error = wait_for(lambda: stack.status()["proxy"]["config_error"], 10, what="config error in status")
     assert f"allowlist.toml{where}" in error and words in error
-    human = stack.cli("status").stdout
-    assert "config error:" in human and "last good config stays in force" in human
+    human = stack.cli("status")
+    assert "config error:" in human.stdout and "last good config stays in force" in human.stdout
+    assert human.returncode == 5  # running, on the last good config: a warning for monitoring scripts
     logged = stack.events("config_error")[-1]
     assert logged["level"] == "error" and logged["file"].endswith("allowlist.toml") and logged["line"] == int(where.split(":")[1])
     # The last good list still rules: allowed still allowed, blocked still blocked.
@@ -66,6 +67,7 @@ def test_broken_file_keeps_the_last_good_config(stack: Stack, broken: str, where
     assert stack.child("haproxy")["pid"] == haproxy_pid
     save_like_an_editor(allow_file, DEFAULT_ALLOW)
     wait_for(lambda: stack.status()["proxy"]["config_error"] is None, 10, what="error cleared")
+    assert stack.status()["exit"] == 0
 
 
 def test_broken_server_config_names_its_key(stack: Stack) -> None:

@@ -165,6 +165,7 @@ def test_status_layout_matches_supervisorctl(stack: Stack) -> None:
     assert engine[33:43] == "RUNNING   "
     assert engine[43:].startswith("pid ") and ", uptime 0:00:" in engine
     assert f"proxy: listening on {PROXY_HOST}:{stack.proxy_port}" in lines
+    assert f"engine: listening on 127.0.0.1:{stack.engine_port} (loopback only: reached through the proxy)" in lines
     assert any(l.startswith("allowlist: 8 rules, loaded ") for l in lines)
     data = json.loads(stack.cli("status", "--json").stdout)
     for child in data["children"]:
