@@ -1,4 +1,4 @@
-"""`ai-server check`: the seed's test.sh, as a verification of a live installation.
+"""`ai-server check`: remote-ollama-proxy's test.sh, as a verification of a live installation.
 
 Each check is a small function registered under its group (service, isolation, allowlist,
 openai, anthropic, performance). It returns a detail line, or raises Fail or Skip; verdicts

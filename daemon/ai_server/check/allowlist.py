@@ -1,6 +1,6 @@
 """allowlist: every rule is forwarded; model management is refused with exactly the proxy's 403.
 
-The seed's test.sh accepted 404 for a blocked endpoint, which an engine answers too; here the
+remote-ollama-proxy's test.sh accepted 404 for a blocked endpoint, which an engine answers too; here the
 refusal must be the proxy's own (403, naming the allowlist).
 """
 
