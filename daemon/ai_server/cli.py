@@ -95,10 +95,11 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
     try:
         data = control.request(paths.control_socket, "status")
     except NotRunning as err:
+        hint = _demo_hint(paths)
         if args.json:
-            print(json.dumps({"running": False, "error": str(err)}))
+            print(json.dumps({"running": False, "error": str(err), **({"hint": hint} if hint else {})}))
         else:
-            print(str(err), file=sys.stderr)
+            print(str(err) + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_NO_SUPERVISOR
     if args.json:
         children = [c for c in data["children"] if not args.names or c["name"] in args.names]
@@ -316,13 +317,39 @@ def cmd_demo(paths: Paths, args: argparse.Namespace) -> int:
     if args.config_dir:
         raise AiServerError("demo keeps its own config; leave out --config-dir")
     where = demo.dirs()
-    binary, model = demo.prepare(where)
-    os.environ.update(demo.environment(where, binary, os.environ))
     rest = list(args.args) or ["run"]
-    if rest[0] == "run":
-        print(f"ai-server demo: HAProxy + llama-server + {model.stem}; config in {where.config} "
-              f"(edits are kept), state in {where.state}", file=sys.stderr)
+    serving = rest[0] == "run"
+    if serving:
+        _refuse_a_second_demo(demo.running(where))
+    binary, model = demo.prepare(where)
+    if args.port is not None:
+        print(f"ai-server demo: {demo.set_port(where, args.port)}", file=sys.stderr)
+    os.environ.update(demo.environment(where, binary, os.environ))
+    if serving:
+        # stdout, flushed: when it is piped (`.ci/dev serve | tee`), these are all it shows.
+        print(f"ai-server demo: HAProxy + llama-server + {model.stem} on {demo.url(where)}; config in {where.config} "
+              f"(edits are kept), state in {where.state}", flush=True)
+        demo.announce_when_ready(where, lambda line: print(line, flush=True))
     return main(["--config-dir", str(where.config), *rest])
+
+
+def _refuse_a_second_demo(status: dict[str, Any] | None) -> None:
+    if status is None:
+        return
+    listen = ", ".join(f"http://{a}" for a in status["proxy"]["listen"]) or "no address yet"
+    pid = status.get("supervisor", {}).get("pid")
+    raise AiServerError(f"a demo is already running ({listen}, supervisor pid {pid}): `ai-server demo status` shows it; "
+                        "stop it with Ctrl-C where it runs" + (f" or `kill {pid}`" if pid else ""))
+
+
+def _demo_hint(paths: Paths) -> str | None:
+    """When no supervisor answers here but the demo's does: where to look instead."""
+    from ai_server import demo
+
+    where = demo.dirs()
+    if paths.control_socket == where.state / "control.sock" or demo.running(where) is None:
+        return None
+    return "a demo is running: use `ai-server demo status` (the demo keeps its own folders)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="versions of ai-server, haproxy and the engine").set_defaults(func=cmd_version)
     p = sub.add_parser("demo", help="the whole stack on llama-server + SmolLM2 (the demo extra); ARGS: an ai-server command")
+    p.add_argument("--port", type=int, metavar="N", help="the proxy's port (written to the demo's ai-server.toml)")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(func=cmd_demo)
     return parser
