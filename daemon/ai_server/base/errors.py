@@ -10,6 +10,8 @@
     ├── HaproxyConfigError   `haproxy -c` rejected a generated config
     ├── HaproxyRuntimeError  HAProxy's runtime API refused an update or could not be reached
     ├── WarmError            one model could not be warmed (pulled or loaded)
+    ├── LedgerError          the usage ledger cannot be written or read now (disk full, read-only)
+    │   └── LedgerCorrupt    its file is damaged or is not a ledger
     ├── DemoError            the demo's engine or model is not installed
     └── InstallError         an install or uninstall step failed
 
@@ -63,6 +65,14 @@ class HaproxyRuntimeError(AiServerError):
 
 
 class WarmError(AiServerError):
+    pass
+
+
+class LedgerError(AiServerError):
+    pass
+
+
+class LedgerCorrupt(LedgerError):
     pass
 
 

@@ -40,6 +40,7 @@ from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import tls
 from ai_server.haproxy.logfmt import parse_log
 from ai_server.observe import metrics
+from ai_server.observe.records import Ended, Record, RecordBus
 
 TAILNET_POLL_S = 5.0
 CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml", "clients.toml"})
@@ -50,18 +51,15 @@ def _now_iso() -> str:
 
 
 class _LogReceiver(asyncio.DatagramProtocol):
-    """HAProxy's log datagrams -> `request` events and request metrics. Its other notices are
-    also on its stderr."""
+    """HAProxy's log datagrams -> request records. Its other notices are also on its stderr."""
 
     def __init__(self, on_request: Callable[[dict[str, Any]], None]) -> None:
-        self.log = logs.get()
         self.on_request = on_request
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             fields = parse_log(line)
             if fields is not None:
-                self.log.info("request", process="haproxy", **fields)
                 self.on_request(fields)
 
 
@@ -81,6 +79,11 @@ class Supervisor:
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self.recorder = metrics.Recorder()
+        # Request records (observe/records.py): the `request` log event, metrics, and whoever
+        # else subscribes (the dashboard, alerts).
+        self.records = RecordBus()
+        self.records.subscribe(self._log_request)
+        self.records.subscribe(self.recorder.record)
         self._metrics_servers: list[asyncio.AbstractServer] = []
         self._metrics_at: list[tuple[str, int]] = []
 
@@ -305,7 +308,22 @@ class Supervisor:
         return transport
 
     def _count_request(self, fields: dict[str, Any]) -> None:
-        self.recorder.request(fields, allowlist.route(self.desired.allowlist, str(fields.get("path") or "")))
+        route = allowlist.route(self.desired.allowlist, str(fields.get("path") or ""))
+        now = time.time()
+        total = fields.get("t_total_ms")
+        received = now - (total / 1000 if isinstance(total, int) and total > 0 else 0.0)
+        self.records.publish(Ended(
+            id="", client=str(fields["who"]), address=str(fields["client"]), port=fields["client_port"],  # type: ignore[arg-type]
+            method=str(fields["method"]), path=str(fields["path"]), query=fields["query"], route=route,  # type: ignore[arg-type]
+            model=fields["model"], node=fields["node"], priority=fields["priority"], status=fields["status"],  # type: ignore[arg-type]
+            received_at=received, ended_at=now, forwarded=bool(fields["forwarded"]), queued=bool(fields["queue"]),
+            bytes_in=fields["bytes_in"], bytes_out=fields["bytes_out"], termination=str(fields["termination"]),  # type: ignore[arg-type]
+            t_request_ms=fields["t_request_ms"], t_queue_ms=fields["t_queue_ms"], t_connect_ms=fields["t_connect_ms"],  # type: ignore[arg-type]
+            t_response_ms=fields["t_response_ms"], t_total_ms=fields["t_total_ms"]))  # type: ignore[arg-type]
+
+    def _log_request(self, record: Record) -> None:
+        if isinstance(record, Ended):
+            self.log.info("request", process="haproxy", **record.log_fields())
 
     # -- metrics ---------------------------------------------------------------------------------
 

@@ -1,1 +1,1 @@
-"""What the owner sees: Prometheus metrics."""
+"""What the owner sees: request records (records.py), Prometheus metrics, usage (usage/)."""

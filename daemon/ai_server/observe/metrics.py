@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
 
 from ai_server.base import logs
+from ai_server.observe.records import Ended, Record
 
 # Seconds: LLM requests run from milliseconds (a model list) to minutes (a long generation).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -42,7 +43,7 @@ class Histogram:
 
 
 class Recorder:
-    """What happens between scrapes: requests from the access log, config reloads."""
+    """What happens between scrapes: request records (a RecordBus subscriber), config reloads."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str, str], int] = {}
@@ -51,16 +52,19 @@ class Recorder:
         self.queue_wait: dict[str, Histogram] = {}
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
 
-    def request(self, fields: dict[str, Any], route: str) -> None:
-        key = (str(fields.get("who") or "unknown"), route, str(fields.get("status")), str(fields.get("node") or ""))
+    def record(self, record: Record) -> None:
+        if not isinstance(record, Ended):
+            return
+        route = record.route
+        key = (record.client, route, str(record.status), record.node or "")
         self.requests[key] = self.requests.get(key, 0) + 1
-        total, response, queued = fields.get("t_total_ms"), fields.get("t_response_ms"), fields.get("t_queue_ms")
-        if isinstance(total, int) and total >= 0:
+        total, response, queued = record.t_total_ms, record.t_response_ms, record.t_queue_ms
+        if total is not None and total >= 0:
             self.duration.setdefault(route, Histogram()).observe(total / 1000)
-        if isinstance(response, int) and response >= 0:
+        if response is not None and response >= 0:
             self.first_byte.setdefault(route, Histogram()).observe(response / 1000)
-        if fields.get("queue") and isinstance(queued, int) and queued >= 0:
-            self.queue_wait.setdefault(str(fields.get("priority") or "normal"), Histogram()).observe(queued / 1000)
+        if record.queued and queued is not None and queued >= 0:
+            self.queue_wait.setdefault(record.priority or "normal", Histogram()).observe(queued / 1000)
 
     def reload(self, ok: bool) -> None:
         self.reloads["ok" if ok else "error"] += 1
@@ -223,7 +227,7 @@ async def serve(addresses: list[tuple[str, int]], scrape: Callable[[], Awaitable
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + (body if parts[0] != "HEAD" else b""))
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()
