@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -370,3 +372,61 @@ def lan_stack(lan: Lan, machine: str, engine_env: dict[str, str] | None = None) 
     stack.netns, stack.host = lan.machines[machine][0], lan.address(machine)
     stack.write_config(stack.default_config())
     return stack
+
+
+# -- a real browser: Debian's chromium through chromium-driver ------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def have_browser() -> bool:
+    return os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
+
+
+@contextlib.contextmanager
+def browser(width: int = 1280, height: int = 900) -> Iterator[Any]:
+    """Headless chromium (selenium), with its console log readable; a fresh profile each time.
+    As root it needs --no-sandbox; nothing it does may reach the network but what it is sent to."""
+    from selenium import webdriver
+
+    profile = tempfile.mkdtemp(prefix="ais-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# -- a webhook receiver (alerts): local, never an outside host ---------------------------------
+
+
+class Receiver:
+    """A local HTTP server: answers `statuses` in turn (then 200), keeps what it got."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses, self.got = list(statuses), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.got.append((self.path, dict(self.headers), body))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/secret-topic-42"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -246,6 +246,51 @@ def cmd_nodes(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def dashboard_url(cfg: config_mod.Config, tailnet_name: Callable[[], str | None]) -> str | None:
+    """Where the dashboard is: the first loopback [metrics] listen address, else the first other,
+    else this machine's tailnet name (or address) on the metrics port."""
+    from ai_server.base.netaddr import host_port, parse_ip
+    from ai_server.observe.metrics import DEFAULT_PORT
+
+    explicit = []
+    for item in cfg.metrics.listen:
+        if item != "tailscale":
+            host, _, port = item.rpartition(":")
+            explicit.append((parse_ip(host.strip("[]")), int(port)))
+    explicit.sort(key=lambda a: not a[0].is_loopback)
+    if explicit:
+        return f"http://{host_port(str(explicit[0][0]), explicit[0][1])}/"
+    name = tailnet_name()
+    return None if name is None else f"http://{host_port(name, DEFAULT_PORT)}/"
+
+
+def _tailnet_name() -> str | None:
+    from ai_server.access import tailnet
+
+    found = tailnet.detect()
+    return next(iter(found.names), None) or next(iter(found.addresses), None)
+
+
+def cmd_dashboard(paths: Paths, args: argparse.Namespace) -> int:
+    import os
+    import webbrowser
+
+    url = dashboard_url(config_mod.load(paths.config_dir), _tailnet_name)
+    if url is None:
+        raise AiServerError("[metrics] listen is \"tailscale\" and this machine has no tailnet address yet")
+    print(url)
+    try:
+        control.request(paths.control_socket, "status")
+    except NotRunning:
+        print("ai-server: no supervisor answers yet (`ai-server run`, or the service), so nothing is served there",
+              file=sys.stderr)
+    # Only where a browser would open on this screen: never a text browser taking the terminal.
+    desktop = sys.platform == "darwin" or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if not args.no_open and desktop and sys.stdout.isatty():
+        webbrowser.open(url)
+    return EXIT_OK
+
+
 def _program_version(argv: list[str]) -> str:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -422,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("dashboard", help="print the dashboard's URL (and open it where a browser is at hand)")
+    p.add_argument("--no-open", action="store_true", help="only print the URL")
+    p.set_defaults(func=cmd_dashboard)
     sub.add_parser("version", help="versions of ai-server, haproxy and the engine").set_defaults(func=cmd_version)
     p = sub.add_parser("demo", help="the whole stack on llama-server + SmolLM2 (the demo extra); ARGS: an ai-server command")
     p.add_argument("--port", type=int, metavar="N", help="the proxy's port (written to the demo's ai-server.toml)")

@@ -119,6 +119,25 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    webhook: str = ""                # "": alerts go to the log only
+    format: str = "json"             # json | ntfy | slack
+    restarts: int = 3                # a restart loop: this many restarts of one child ...
+    restart_minutes: float = 10.0    # ... within this many minutes
+    refusals_per_minute: int = 20    # a client refused this often in a minute is probing
+
+
+ALERT_FORMATS = ("json", "ntfy", "slack")
+_WEBHOOK = re.compile(r"https?://[^\s/?#@]+(:[0-9]{1,5})?(/[^\s]*)?")
+
+
+def _webhook(value: str) -> str | None:
+    if value == "" or (_WEBHOOK.fullmatch(value) and all(0x20 < ord(c) < 0x7F for c in value)):
+        return None
+    return "must be an http:// or https:// URL (printable ASCII, no spaces), or \"\" for the log only"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     max_bytes: int = 10 * 1024 * 1024
     backups: int = 5
@@ -134,6 +153,7 @@ class Config:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     nodes: tuple[NodeConfig, ...] = ()
 
     @property
@@ -204,7 +224,7 @@ def is_loopback_host(value: str) -> bool:
 
 def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     data = parse_toml(text, label)
-    tables = {"proxy", "engine", "warm", "restart", "log", "metrics", "node"}
+    tables = {"proxy", "engine", "warm", "restart", "log", "metrics", "alerts", "node"}
     for name, value in data.items():
         if name not in tables:
             raise ConfigError(label, "unknown table" if isinstance(value, dict) else "unknown key",
@@ -321,6 +341,17 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
     metrics = MetricsConfig(listen=tuple(m.get("listen", ["127.0.0.1:9464"], list, metrics_listen)))
     m.finish()
 
+    a = table("alerts")
+    alerts = AlertsConfig(
+        webhook=a.get("webhook", "", str, _webhook),
+        format=a.get("format", "json", str, lambda v: None if v in ALERT_FORMATS else
+                     "must be " + ", ".join(f'"{f}"' for f in ALERT_FORMATS)),
+        restarts=a.get("restarts", 3, int, lambda v: None if v >= 1 else "must be at least 1"),
+        restart_minutes=float(a.get("restart_minutes", 10.0, number, _positive)),
+        refusals_per_minute=a.get("refusals_per_minute", 20, int, lambda v: None if v >= 1 else "must be at least 1"),
+    )
+    a.finish()
+
     g = table("log")
     log = LogConfig(
         max_bytes=int(g.get("max_mb", 10, number, _positive) * 1024 * 1024),
@@ -332,7 +363,8 @@ def parse_config(text: str, label: str = "ai-server.toml") -> Config:
         raise e.fail("kind", '"none" is for a machine that only fronts others: add [[node]] tables, or name an engine')
     if kind == "none" and not proxy.enabled:
         raise e.fail("kind", '"none" needs the proxy (proxy.enabled = true)')
-    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log, metrics=metrics, nodes=nodes)
+    return Config(proxy=proxy, engine=engine, warm=warm, restart=restart, log=log, metrics=metrics, alerts=alerts,
+                  nodes=nodes)
 
 
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")

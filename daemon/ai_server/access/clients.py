@@ -3,7 +3,7 @@ tailnet (`tailscale status --json`) or from a token whose SHA-256 alone is store
 
     [defaults]   models, rpm, concurrency, priority       what every client gets unless it says otherwise
     [unknown]    policy = "allow" | "deny"                 tailnet peers that match no [[client]]
-    [[client]]   name; device | user | tag | token_sha256; paths, models, rpm, concurrency, priority
+    [[client]]   name; device | user | tag | token_sha256; paths, models, rpm, concurrency, priority; admin
 
 A peer address belongs to the most specific entry that matches it: a device, then a user, then
 a tag; between two entries of one kind, the first in the file. A token wins over all of them,
@@ -62,6 +62,7 @@ class Client:
     value: str
     policy: Policy
     line: int | None = None
+    admin: bool = False        # may see the dashboard and /metrics from the network
 
     def identifies(self, peer: Peer) -> bool:
         if self.kind == "device":
@@ -216,8 +217,9 @@ def parse(text: str, label: str = "clients.toml") -> Clients:
                  "tag": lambda v: None if _TAG.fullmatch(v) else 'must look like "tag:ci"'}[kind]
         value = t.get(kind, "", str, check)
         policy = _policy(t, defaults, allow_paths=True)
+        admin = t.get("admin", False, bool)
         t.finish()
-        clients.append(Client(name, kind, value, policy, here))
+        clients.append(Client(name, kind, value, policy, here, admin))
     return Clients(defaults, unknown == "allow", tuple(clients))
 
 

@@ -32,17 +32,22 @@ from ai_server.children.lifecycle import Clock
 from ai_server.children.process import Child, Role
 from ai_server.children.proxy import ProxyChild
 from ai_server.children.states import Mood, State
-from ai_server.daemon import control, preflight
+from ai_server.daemon import control, observers, preflight
 from ai_server.daemon.commands import Commands
 from ai_server.desired import Desired
 from ai_server.fleet import nodes
 from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import tls
 from ai_server.haproxy.logfmt import parse_log
-from ai_server.observe import metrics
+from ai_server.observe import http, metrics
+from ai_server.observe.alerts import Alerts, Change, Rules
+from ai_server.observe.dashboard.app import Dashboard
+from ai_server.observe.feed import Feed
 from ai_server.observe.records import Ended, Record, RecordBus
+from ai_server.observe.webhook import Deliverer
 
 TAILNET_POLL_S = 5.0
+ALERTS_EVERY_S = 1.0
 CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml", "clients.toml"})
 
 
@@ -84,8 +89,16 @@ class Supervisor:
         self.records = RecordBus()
         self.records.subscribe(self._log_request)
         self.records.subscribe(self.recorder.record)
-        self._metrics_servers: list[asyncio.AbstractServer] = []
-        self._metrics_at: list[tuple[str, int]] = []
+        # The dashboard's requests, and the alerts (refusals count towards "probing").
+        self.feed = Feed()
+        self.alerts = Alerts()
+        self.records.subscribe(self.feed.record)
+        self.records.subscribe(self.alerts.record)
+        self.webhook = Deliverer(observers.host_name())
+        self.dashboard = Dashboard(self.feed, lambda: observers.dashboard_state(self), lambda: observers.audience(self),
+                                   self._scrape, observers.host_name())
+        self._http = http.Server(self.dashboard)
+        self._metrics_at: list[tuple[str, int]] | None = None
 
     @property
     def children(self) -> list[Child]:
@@ -121,13 +134,13 @@ class Supervisor:
                 ("launch", self._start_all("launch")), ("config-watcher", self._watch_config()),
                 ("hold", self.proxy.hold.run()), ("reload-signal", self._reload_on_signal()),
                 ("tailnet", self._follow_tailnet()), ("nodes", self._follow_nodes()),
-                ("tls-renewal", self._renew_tls()))]
+                ("tls-renewal", self._renew_tls()), ("dashboard", self.dashboard.run()),
+                ("alerts", self._watch_alerts()), ("webhook", self.webhook.run()))]
             await self._stopping.wait()
             await self._shutdown()
             server.close()
             log_transport.close()
-            for metrics_server in self._metrics_servers:
-                metrics_server.close()
+            self._http.close()
             self.log.info("stopped")
             return 0
         finally:
@@ -153,6 +166,7 @@ class Supervisor:
             await self.fleet.refresh(proxy_running=False)
             await asyncio.to_thread(self.proxy.install, self.desired)
         self.loaded_at = _now_iso()
+        self._configure_alerts()
 
     async def _start_all(self, reason: str) -> None:
         for child in self.children:
@@ -226,6 +240,7 @@ class Supervisor:
             if self.fleet.active:  # `reload` reads every node again, changed or not
                 await self._refresh_nodes()
             await self._serve_metrics()
+            self._configure_alerts()
             self.recorder.reload(ok=True)
             self.log.info("reloaded", trigger=why, changed=plan.changed(), rules=len(new.allowlist.rules))
             return {"ok": True, "changed": plan.changed()}
@@ -338,14 +353,36 @@ class Supervisor:
         return list(dict.fromkeys(wanted))
 
     async def _serve_metrics(self) -> None:
-        """(Re)bind /metrics when [metrics] listen or the tailnet address it names changes."""
+        """(Re)bind /metrics and the dashboard when [metrics] listen or the tailnet address it names changes."""
         wanted = self._metrics_addresses()
         if wanted == self._metrics_at:
             return
-        for server in self._metrics_servers:
-            server.close()
-        self._metrics_servers = await metrics.serve(wanted, self._scrape)
+        await self._http.bind(wanted)
         self._metrics_at = wanted
+
+    # -- alerts ----------------------------------------------------------------------------------
+
+    def _configure_alerts(self) -> None:
+        a = self.desired.config.alerts
+        self.alerts.rules = Rules(a.restarts, a.restart_minutes, a.refusals_per_minute)
+        self.webhook.configure(a.webhook, a.format)
+
+    async def _watch_alerts(self) -> None:
+        """Every second: the conditions over what the supervisor sees; each change logged and sent."""
+        while True:
+            try:
+                for change in self.alerts.observe(await observers.seen(self)):
+                    self._alert(change)
+            except Exception:  # a bug here must not end alerting for good
+                self.log.exception("alerts_failed")
+            await asyncio.sleep(ALERTS_EVERY_S)
+
+    def _alert(self, change: Change) -> None:
+        alert = change.alert
+        level = "info" if change.state == "resolved" else ("error" if alert.severity == "critical" else "warning")
+        getattr(self.log, level)("alert", condition=alert.condition, state=change.state, message=change.message,
+                                 subject=alert.subject, severity=alert.severity)
+        self.webhook.send(change)
 
     async def _scrape(self) -> str:
         live = metrics.Live(

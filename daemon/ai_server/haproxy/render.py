@@ -32,6 +32,8 @@ CLIENT_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 GENERATION_PATHS = ("/v1/chat/completions /v1/completions /v1/messages /v1/responses /v1/embeddings "
                     "/api/chat /api/generate /api/embed /api/embeddings")
 PRIORITY_CLASSES = ("interactive", "normal", "batch")
+# Generations in progress: client|model|start (ms since the epoch)|address|port.
+LIVE_TABLE = "live"
 # Retry-After when the queue is full or a request waited its whole proxy.queue_timeout: a few
 # seconds, long enough for a slot to turn over, short enough for an interactive client.
 RETRY_AFTER_S = 5
@@ -239,6 +241,7 @@ def _frontend(spec: RenderInput) -> list[str]:
         "hdr Allow \"%[var(txn.allow),bytes(6)]\" unless route_ok",
         "",
         *_policy(spec),
+        *_live(),
     ]
     lines.append("    # Headers only the proxy may set (option forwardfor adds X-Forwarded-For), and the")
     lines.append("    # client's ai-server token, which is the proxy's business only.")
@@ -426,6 +429,16 @@ def _policy(spec: RenderInput) -> list[str]:
     return lines
 
 
+def _live() -> list[str]:
+    return [
+        f"    # Who is calling now, for the dashboard: each generation in progress holds an entry in {LIVE_TABLE}",
+        "    # (client, model, when it began, from where) until it ends. Names and models are validated.",
+        "    http-request set-var-fmt(txn.live) \"%[var(txn.client)]|%[var(txn.model)]|%[date(0,ms)]|%ci|%cp\"",
+        f"    http-request track-sc2 var(txn.live) table {LIVE_TABLE} if {{ path {GENERATION_PATHS} }}",
+        "",
+    ]
+
+
 def _engine_backends(spec: RenderInput) -> list[str]:
     engine_addr = f"127.0.0.1:{spec.config.engine.port}"
     proxy = spec.config.proxy
@@ -475,6 +488,9 @@ def _tables() -> list[str]:
         "",
         "backend running_clients",
         "    stick-table type string len 64 size 10k expire 10m",
+        "",
+        f"backend {LIVE_TABLE}",
+        "    stick-table type string len 256 size 4k expire 10s",
         "",
     ]
 

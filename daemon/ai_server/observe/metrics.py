@@ -13,13 +13,11 @@ ai_server_proxy_requests_total is HAProxy's count of every request, for comparis
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ai_server.base import logs
 from ai_server.observe.records import Ended, Record
 
 # Seconds: LLM requests run from milliseconds (a model list) to minutes (a long generation).
@@ -114,7 +112,7 @@ class _Out:
     def histogram(self, name: str, help_text: str, label: str, series: dict[str, Histogram]) -> None:
         self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
         for key, h in sorted(series.items()):
-            for bound, count in zip(BUCKETS, h.counts):
+            for bound, count in zip(BUCKETS, h.counts, strict=True):
                 self.lines.append(f"{name}_bucket{_labels({label: key, 'le': _number(bound)})} {count}")
             self.lines.append(f"{name}_bucket{_labels({label: key, 'le': '+Inf'})} {h.count}")
             self.lines.append(f"{name}_sum{_labels({label: key})} {_number(round(h.total, 6))}")
@@ -204,38 +202,3 @@ def engine_samples(text: str, model: str) -> list[tuple[str, str, str, dict[str,
             out.append((name, kind if kind in ("counter", "gauge") else "untyped",
                         helps.get(raw, "From the engine.").replace("\n", " "), {"model": model}, number))
     return out
-
-
-# -- serving ---------------------------------------------------------------------------------------
-
-
-async def serve(addresses: list[tuple[str, int]], scrape: Callable[[], Awaitable[str]]) -> list[asyncio.AbstractServer]:
-    """GET /metrics on each address; anything else 404. Addresses that cannot be bound are
-    logged and skipped: metrics are never a reason not to serve."""
-    log = logs.get()
-
-    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split(" ")
-            if len(parts) == 3 and parts[0] in ("GET", "HEAD") and parts[1].split("?", 1)[0] == "/metrics":
-                body = (await scrape()).encode()
-                status, kind = "200 OK", CONTENT_TYPE
-            else:
-                body, status, kind = b"only GET /metrics here\n", "404 Not Found", "text/plain; charset=utf-8"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + (body if parts[0] != "HEAD" else b""))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    servers = []
-    for host, port in addresses:
-        try:
-            servers.append(await asyncio.start_server(on_client, host, port, reuse_address=True))
-        except OSError as err:
-            log.warning("metrics_not_served", address=f"{host}:{port}", error=err.strerror or str(err))
-    return servers

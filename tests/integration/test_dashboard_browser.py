@@ -1,0 +1,104 @@
+"""The dashboard in a real browser (Debian's chromium, headless, through selenium): it loads with
+no console error, shows the live state, and a generation appears within 2 s of starting and is
+filled in when it ends, pushed over its event stream, without a reload."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ai_server.access import clients
+from harness import Stack, browser, free_port, have_browser, wait_for
+
+pytestmark = pytest.mark.skipif(not have_browser(), reason="needs chromium and chromium-driver (.ci/dev test installs them)")
+
+TOKEN = "ais_" + "L" * 43
+STREAM = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def dash(make_stack: Any) -> Iterator[tuple[Stack, str, Path]]:
+    stack = make_stack()
+    hold = stack.root / "hold"
+    stack.env["FAKE_OLLAMA_HOLD"] = str(hold)
+    port = free_port()
+    stack.write_config(stack.default_config() + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
+    (stack.config_dir / "clients.toml").write_text(
+        f'[[client]]\nname = "laptop"\ntoken_sha256 = "{clients.token_hash(TOKEN)}"\n')
+    stack.start()
+    yield stack, f"http://127.0.0.1:{port}/", hold
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.find_element("id", element_id).text)
+
+
+def test_the_page_loads_live_without_a_console_error(dash: tuple[Stack, str, Path]) -> None:
+    stack, url, _ = dash
+    with browser() as driver:
+        driver.get(url)
+        wait_for(lambda: text_of(driver, "live") == "live", 10, what="the event stream connected")
+        children = text_of(driver, "children")
+        assert "ollama" in children and "haproxy" in children and children.count("RUNNING") == 2
+        assert "4 engine slots" in text_of(driver, "slots")
+        assert "/v1/chat/completions" in text_of(driver, "config")
+        # A change pushed, not polled: stopping the engine shows within a second or so.
+        assert stack.cli("stop", "ollama").returncode == 0
+        wait_for(lambda: "STOPPED" in text_of(driver, "children"), 5, what="the stopped engine on the page")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+
+
+def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tuple[Stack, str, Path]) -> None:
+    stack, url, hold = dash
+    with browser() as driver:
+        driver.get(url)
+        wait_for(lambda: text_of(driver, "live") == "live", 10, what="the event stream connected")
+        hold.touch()
+        answers: list[int] = []
+
+        def generate() -> None:
+            with httpx.stream("POST", stack.url("/v1/chat/completions"), json=STREAM, timeout=60,
+                              headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                response.read()
+                answers.append(response.status_code)
+
+        thread = threading.Thread(target=generate)
+        thread.start()
+        try:
+            row = wait_for(lambda: next(iter(driver.find_elements("css selector", "#rows tr.pending")), None), 2,
+                           interval=0.05, what="the generation's row, within 2 s of its start")
+            row_id = row.get_attribute("id")
+            assert "laptop" in row.text and "smollm2:135m" in row.text
+            calling = text_of(driver, "calling")
+            assert "laptop" in calling and "smollm2:135m" in calling
+        finally:
+            hold.unlink()
+            thread.join(30)
+        assert answers == [200]
+
+        def finished() -> str | None:
+            found = driver.find_elements("id", row_id)
+            return found[0].text if found and "pending" not in (found[0].get_attribute("class") or "") else None
+
+        done = wait_for(finished, 5, what="the same row filled in")
+        cells = done.split()
+        assert "200" in cells and "POST" in cells
+        wait_for(lambda: "nobody is generating" in text_of(driver, "calling"), 5, what="nobody calling any more")
+        assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+
+
+def test_the_page_without_javascript_shows_the_state(dash: tuple[Stack, str, Path]) -> None:
+    stack, url, _ = dash
+    assert httpx.post(stack.url("/v1/chat/completions"), json={**STREAM, "stream": False}, timeout=30,
+                      headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    wait_for(lambda: stack.events("request", who="laptop"), 10, what="the request logged")
+    page = httpx.get(url, timeout=10).text
+    assert "RUNNING" in page and "laptop" in page and "smollm2:135m" in page
+    filtered = httpx.get(url, params={"client": "nobody"}, timeout=10).text
+    assert 'data-who="laptop"' not in filtered and 'data-who="laptop"' in page
