@@ -39,7 +39,7 @@ from ai_server.fleet import nodes
 from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import tls
 from ai_server.haproxy.logfmt import parse_log
-from ai_server.observe import http, metrics
+from ai_server.observe import health, http, metrics
 from ai_server.observe.alerts import Alerts, Change, Rules
 from ai_server.observe.dashboard.app import Dashboard
 from ai_server.observe.feed import Feed
@@ -396,7 +396,7 @@ class Supervisor:
             live.inflight, live.queued, live.oldest_wait_s = load["inflight"], load["queued"], load["oldest_wait_s"]
             live.clients_inflight, live.proxy_requests = load["clients"], load["requests_total"]
         live.engine = [s for model, text in await self.engine.metrics() for s in metrics.engine_samples(text, model)]
-        return metrics.render(self.recorder, live)
+        return metrics.render(self.recorder, live) + health.render(await observers.seen(self), self.alerts.open_alerts())
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from ai_server.observe.records import Ended, Record
 
+CONDITIONS = ("child_fatal", "loopback_audit", "restart_loop", "node_down", "quota_warning", "quota_exhausted",
+              "probing", "config_error", "tls_renewal", "ledger")
 # The proxy's own refusals (never the engine's answers): what a client probing for what it
 # may not do collects. 429 and 503 are load, not probing.
 REFUSALS = frozenset({400, 401, 403, 405, 411, 413, 414, 421, 431})
