@@ -27,7 +27,9 @@ def spec(cfg_text: str = "", addresses: tuple[str, ...] = ("127.0.0.2",)) -> Ren
 
 def map_files(allow: allowlist.Allowlist = DEFAULT, addresses: tuple[str, ...] = ("127.0.0.2",),
               names: tuple[str, ...] = ()) -> list[maps.MapFile]:
-    return maps.every_map(allow, addresses, 11434, names, Clients(), (), ollama=True)
+    # (+ the llama-server /v1/models answer, which ProxyChild.maps adds for that engine)
+    return maps.every_map(allow, addresses, 11434, names, Clients(), (), ollama=True) + [
+        maps.engine_models_map('{"object":"list","data":[]}')]
 
 
 @pytest.mark.parametrize("cfg_text, allow_text, addresses", [

@@ -11,11 +11,13 @@ from ai_server import haproxy
 from ai_server.access import tailscale
 from ai_server.base import logs
 from ai_server.base.errors import HaproxyRuntimeError
+from ai_server.base.files import atomic_write
 from ai_server.base.paths import Paths
 from ai_server.children.drain import Hold
 from ai_server.children.lifecycle import Clock, OnTransition
 from ai_server.children.process import Child, Role, Spec
 from ai_server.children.states import ALIVE, Mood, State
+from ai_server.config import Config
 from ai_server.desired import Desired, Plan
 from ai_server.engines import engine_for
 from ai_server.fleet import nodes
@@ -26,6 +28,11 @@ from ai_server.haproxy.render import PRIORITY_CLASSES
 
 # HAProxy itself starts in well under a second; this only bounds a hung start.
 START_TIMEOUT = 30.0
+
+
+def answers_models(cfg: Config) -> bool:
+    """Whether the proxy answers /v1/models itself (render.py's _engine_models_answer)."""
+    return cfg.proxy.enabled and cfg.engine.kind == "llama-server" and not cfg.fronting
 
 
 class ProxyChild:
@@ -39,6 +46,7 @@ class ProxyChild:
                            ready=self.listens, start_timeout=START_TIMEOUT, on_change=on_change)
         self.certificate: tls.Certificate | None = None
         self.tls_problem: str | None = None
+        self.engine_models: str | None = None  # /v1/models as the proxy answers it (llama-server)
 
     def waiting(self, desired: Desired) -> str | None:
         """Why the proxy cannot serve yet, or None."""
@@ -147,10 +155,26 @@ class ProxyChild:
         # Model names compare as Ollama names them only where Ollama is the one engine; a front
         # sees each node's own spellings.
         ollama = cfg.engine.kind == "ollama" and not cfg.fronting
-        return maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
-                              desired.clients, desired.peers, ollama, cfg.proxy.fronts,
-                              self.fleet.assignment if cfg.fronting else None,
-                              dict(nodes.union(self.fleet.states.values())))
+        files = maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
+                               desired.clients, desired.peers, ollama, cfg.proxy.fronts,
+                               self.fleet.assignment if cfg.fronting else None,
+                               dict(nodes.union(self.fleet.states.values())))
+        return files + ([maps.engine_models_map(self.engine_models)] if answers_models(cfg) else [])
+
+    async def set_engine_models(self, answer: str) -> None:
+        """A new clean /v1/models: into the running proxy, or its map file for the next start."""
+        if answer == self.engine_models:
+            return
+        self.engine_models = answer
+        item = maps.engine_models_map(answer)
+        if self.child.state in ALIVE:
+            try:
+                await asyncio.to_thread(runtime.swap, self.paths.haproxy_stats_socket, [item])
+                return
+            except HaproxyRuntimeError as err:  # the file below; the next read swaps it again
+                self.engine_models = None
+                self.log.warning("maps_swap_failed", process="haproxy", error=str(err), map=item.name)
+        await asyncio.to_thread(atomic_write, self.paths.state_dir / item.name, item.text())
 
     def install(self, desired: Desired) -> bool:
         """Write haproxy.cfg and the maps for `desired`, checked by `haproxy -c` first. Blocking.

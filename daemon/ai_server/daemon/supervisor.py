@@ -19,6 +19,8 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
+import httpx
+
 from ai_server import desired as desired_mod
 from ai_server import haproxy
 from ai_server.access import allowlist
@@ -30,11 +32,12 @@ from ai_server.children import records
 from ai_server.children.engine import EngineChild
 from ai_server.children.lifecycle import Clock
 from ai_server.children.process import Child, Role
-from ai_server.children.proxy import ProxyChild
+from ai_server.children.proxy import ProxyChild, answers_models
 from ai_server.children.states import Mood, State
 from ai_server.daemon import control, observers, preflight
 from ai_server.daemon.commands import Commands
 from ai_server.desired import Desired
+from ai_server.engines import model_list
 from ai_server.fleet import nodes
 from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import tls
@@ -134,6 +137,7 @@ class Supervisor:
                 ("launch", self._start_all("launch")), ("config-watcher", self._watch_config()),
                 ("hold", self.proxy.hold.run()), ("reload-signal", self._reload_on_signal()),
                 ("tailnet", self._follow_tailnet()), ("nodes", self._follow_nodes()),
+                ("engine-models", self._follow_engine_models()),
                 ("tls-renewal", self._renew_tls()), ("dashboard", self.dashboard.run()),
                 ("alerts", self._watch_alerts()), ("webhook", self.webhook.run()))]
             await self._stopping.wait()
@@ -177,6 +181,7 @@ class Supervisor:
         if child.role is Role.ENGINE:
             await self.engine.start(reason, fresh=True)
             await self.engine.settled()
+            await self._refresh_engine_models()  # before the proxy starts: it answers /v1/models from it
         else:
             await self.proxy.start(reason)
             await child.settled(child.lc.policy.startsecs + child.start_timeout)
@@ -291,6 +296,24 @@ class Supervisor:
             except Exception:  # a bug here must not stop the reading for good
                 self.log.exception("nodes_refresh_failed")
             await asyncio.sleep(nodes.POLL_S)
+
+    async def _follow_engine_models(self) -> None:
+        """llama-server's model list, cleaned for the proxy to answer with, every 5 s."""
+        while True:
+            await asyncio.sleep(nodes.POLL_S)
+            await self._refresh_engine_models()
+
+    async def _refresh_engine_models(self) -> None:
+        url = self._local_node_url()
+        if url is None or not answers_models(self.desired.config):
+            return
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                answer = await model_list.read(client)
+        except (httpx.HTTPError, ValueError) as err:  # the last list read stays in force
+            self.log.warning("engine_models_failed", process=self.engine.child.name, error=f"{type(err).__name__}: {err}"[:300])
+            return
+        await self.proxy.set_engine_models(answer)
 
     async def _refresh_nodes(self) -> None:
         try:

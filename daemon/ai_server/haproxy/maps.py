@@ -34,6 +34,7 @@ CLIENT_PRIORITY = "client-priority.map"
 NODE_MODELS = "node-models.map"
 NODE_UNION = "node-union.map"
 FRONTS = "fronts.map"
+ENGINE_MODELS = "engine-models.map"
 
 _SAFE = re.compile(r"[\x21-\x7e]+")
 
@@ -98,6 +99,12 @@ def host_forms(addresses: Iterable[str], port: int, names: Iterable[str]) -> lis
 def hosts_map(addresses: Iterable[str], port: int, names: Iterable[str]) -> MapFile:
     return make(HOSTS, "Host header values that name this server",
                 ((form, "1") for form in host_forms(addresses, port, names)))
+
+
+def engine_models_map(answer: str | None) -> MapFile:
+    """v1 -> the /v1/models answer the proxy gives for llama-server (engines/model_list.py);
+    empty until the engine's list has been read."""
+    return make(ENGINE_MODELS, "the engine's /v1/models without its command lines", [("v1", answer)] if answer else [])
 
 
 def hold_map(on: bool) -> MapFile:

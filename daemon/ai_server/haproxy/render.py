@@ -256,10 +256,27 @@ def _frontend(spec: RenderInput) -> list[str]:
     return lines
 
 
+def _engine_models_answer(spec: RenderInput) -> list[str]:
+    """llama-server lists each model's command line (home-directory paths, a loopback port):
+    /v1/models is answered here, from the clean list the supervisor keeps in a map."""
+    if spec.config.engine.kind != "llama-server" or spec.config.fronting:
+        return []
+    models = f"{maps.ENGINE_MODELS}{spec.map_suffix}"
+    return [
+        f"    # llama-server's /v1/models names this machine's files and ports: answered here from {maps.ENGINE_MODELS},",
+        "    # the supervisor's clean copy of it; until it has one, 503 rather than the engine's.",
+        f"    http-request return status 200 content-type application/json lf-string \"%[str(v1),map_str({models})]\" "
+        f"hdr {SLOTS_HEADER} {spec.config.engine.slots} if {{ path /v1/models }} METH_GET {{ str(v1),map_str({models}) -m found }}",
+        f"    http-request return status 503 {_json(503, 'the engine model list is not read yet')} hdr Retry-After 1 "
+        "if { path /v1/models } METH_GET",
+        "",
+    ]
+
+
 def _local_routing(spec: RenderInput) -> list[str]:
     """To this machine's engine: held while it restarts, generations through the queue."""
     engine_addr = f"127.0.0.1:{spec.config.engine.port}"
-    lines: list[str] = []
+    lines: list[str] = _engine_models_answer(spec)
     if spec.lua:
         lines += [
             "    # While the supervisor drains and restarts the engine, allowed requests wait here",
