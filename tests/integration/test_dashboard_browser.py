@@ -56,9 +56,13 @@ def test_the_page_loads_live_without_a_console_error(dash: tuple[Stack, str, Pat
 
 def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tuple[Stack, str, Path]) -> None:
     stack, url, hold = dash
+    for _ in range(2):   # rows from before the page opened
+        assert httpx.get(stack.url("/api/version"), timeout=10).status_code == 200
+    wait_for(lambda: len(stack.events("request")) == 2, 10, what="two requests logged")
     with browser() as driver:
         driver.get(url)
         wait_for(lambda: text_of(driver, "live") == "live", 10, what="the event stream connected")
+        assert [r.get_attribute("id") for r in driver.find_elements("css selector", "#rows tr")] == ["r2", "r1"]  # newest on top
         hold.touch()
         answers: list[int] = []
 
@@ -74,6 +78,7 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
             row = wait_for(lambda: next(iter(driver.find_elements("css selector", "#rows tr.pending")), None), 2,
                            interval=0.05, what="the generation's row, within 2 s of its start")
             row_id = row.get_attribute("id")
+            assert driver.find_elements("css selector", "#rows tr")[0].get_attribute("id") == row_id   # newest on top
             assert "laptop" in row.text and "smollm2:135m" in row.text
             calling = text_of(driver, "calling")
             assert "laptop" in calling and "smollm2:135m" in calling

@@ -100,7 +100,8 @@ class Dashboard:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_BACKLOG)
         # The page's first picture: every section and every row, then what changes.
         first = b"retry: 1000\n\n" + b"".join(_event("section", {"id": k, "html": v}) for k, v in self._sections.items())
-        first += _event("rows", {"html": view.requests(self.feed.recent()), "reset": True})
+        # Rows always travel oldest first; the page puts each new one on top.
+        first += _event("rows", {"html": view.requests(self.feed.recent()[::-1]), "reset": True})
         queue.put_nowait(first)
         self._streams.add(queue)
         self._someone.set()

@@ -117,7 +117,7 @@ REQUEST_HEAD = ("time", "client", "model", "node", "status", "tokens in", "token
 
 
 def requests(rows: list[dict[str, Any]]) -> str:
-    """The table body rows, newest first."""
+    """Table body rows, in the order given."""
     return "".join(request_row(r) for r in rows)
 
 
