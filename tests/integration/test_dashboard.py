@@ -9,12 +9,15 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from ai_server.access import clients
@@ -209,3 +212,37 @@ def test_admin_follows_clients_toml_live(net: Net) -> None:
     wait_for(lambda: net.get(PHONE, "/metrics") == 200, 10, what="the phone made an admin")
     (net.stack.config_dir / "clients.toml").write_text(CLIENTS.replace("admin = true", "admin = false"))
     wait_for(lambda: net.get(ADMIN_DEVICE, "/metrics") == 403, 10, what="the laptop no longer an admin")
+
+
+@needs_root
+def test_an_open_page_is_cut_when_its_client_stops_being_an_admin(net: Net) -> None:
+    url = f"http://{HOST_ADDR}:{METRICS_PORT}/events"
+    stream = subprocess.Popen(["ip", "netns", "exec", net.tailnet.ns, "curl", "-sN", "--interface", ADMIN_DEVICE,
+                               "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code}", url],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(c.raddr and c.raddr.ip == ADMIN_DEVICE and c.laddr.port == METRICS_PORT
+                             for c in psutil.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED), 10,
+                 what="the page's stream open")
+        (net.stack.config_dir / "clients.toml").write_text(CLIENTS.replace("admin = true", "admin = false"))
+        out, _ = stream.communicate(timeout=20)   # the stream ends well before curl's own 60 s
+        assert out == "200"
+        assert net.get(ADMIN_DEVICE, "/events") == 403
+    finally:
+        stream.kill()
+
+
+@needs_root
+def test_a_device_holding_connections_does_not_crowd_out_the_owner(net: Net) -> None:
+    hold = ("import socket, sys, time\n"
+            f"held = [socket.create_connection(('{HOST_ADDR}', {METRICS_PORT}), source_address=('{STRANGER}', 0))"
+            " for _ in range(70)]\n"
+            "print('held', flush=True)\ntime.sleep(30)\n")
+    flood = subprocess.Popen(["ip", "netns", "exec", net.tailnet.ns, sys.executable, "-c", hold], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert flood.stdout is not None and flood.stdout.readline().strip() == "held"
+        assert net.get(ADMIN_DEVICE, "/") == 200
+        assert net.get(ADMIN_DEVICE, "/metrics") == 200
+    finally:
+        flood.kill()

@@ -20,6 +20,8 @@ from ai_server.base import logs
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 64
+# One address may hold at most this many: a device that may see nothing cannot crowd out the owner.
+MAX_PER_ADDRESS = 16
 REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 421: "Misdirected Request", 431: "Request Header Fields Too Large",
            503: "Service Unavailable"}
@@ -114,6 +116,7 @@ class Server:
         self.app = app
         self.throttled = throttled or Throttled()
         self.connections = 0
+        self._by_address: dict[str, int] = {}
         self._servers: list[asyncio.AbstractServer] = []
 
     async def bind(self, addresses: list[tuple[str, int]]) -> None:
@@ -131,10 +134,12 @@ class Server:
         self._servers = []
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = str((writer.get_extra_info("peername") or ("",))[0])
         self.connections += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         try:
-            if self.connections > MAX_CONNECTIONS:
-                self.throttled.warning("metrics_connections_refused", limit=MAX_CONNECTIONS,
+            if self.connections > MAX_CONNECTIONS or self._by_address[address] > MAX_PER_ADDRESS:
+                self.throttled.warning("metrics_connections_refused", limit=MAX_CONNECTIONS, per_address=MAX_PER_ADDRESS,
                                        reason="too many connections to the metrics port at once")
                 writer.write(_head(Response(503, b"busy\n")) + b"busy\n")
                 await writer.drain()
@@ -146,6 +151,9 @@ class Server:
             self.throttled.warning("metrics_request_failed", error=repr(err))
         finally:
             self.connections -= 1
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]
             writer.close()
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -49,7 +49,9 @@ class Dashboard:
     def __init__(self, feed: Feed, state: State, audience: Callable[[], gate.Audience],
                  scrape: Callable[[], Awaitable[str]], host: str, clock: Callable[[], float] = time.time) -> None:
         self.feed, self.state, self.audience, self.scrape, self.host, self.clock = feed, state, audience, scrape, host, clock
-        self._streams: set[asyncio.Queue[bytes | None]] = set()
+        # Each open page's queue, and the request that opened it: judged again on every push, so a
+        # client that stops being an admin (or a device that leaves the tailnet) stops seeing it.
+        self._streams: dict[asyncio.Queue[bytes | None], Request] = {}
         self._sections: dict[str, str] = {}
         self._clients: list[str] = []
         self._someone = asyncio.Event()
@@ -58,8 +60,7 @@ class Dashboard:
     # -- requests ------------------------------------------------------------------------------
 
     async def __call__(self, request: Request) -> Response:
-        verdict = gate.judge(request.header("host"), request.peer, request.local, request.header("authorization"),
-                             request.header("x-api-key"), self.audience())
+        verdict = _judge(request, self.audience())
         if verdict.status != 200:
             extra = {"WWW-Authenticate": "Bearer"} if verdict.status == 401 else {}
             return self._plain(verdict.status, f"{verdict.reason}\n", extra)
@@ -72,7 +73,7 @@ class Dashboard:
         if request.path == "/favicon.ico":
             return Response(200, self._file("favicon.svg"), STATIC["favicon.svg"], dict(SECURITY_HEADERS))
         if request.path == "/events":
-            return await self._stream()
+            return await self._stream(request)
         name = request.path.removeprefix("/static/")
         if name in STATIC and request.path.startswith("/static/"):
             return Response(200, self._file(name), STATIC[name], dict(SECURITY_HEADERS))
@@ -92,7 +93,7 @@ class Dashboard:
         text = page.render(self.host, self._sections, self.feed.recent(chosen), self._clients, chosen)
         return Response(200, text.encode(), "text/html; charset=utf-8", dict(SECURITY_HEADERS))
 
-    async def _stream(self) -> Response:
+    async def _stream(self, request: Request) -> Response:
         if len(self._streams) >= MAX_STREAMS:
             return self._plain(503, f"at most {MAX_STREAMS} dashboards at once\n", {"Retry-After": "5"})
         if not self._streams:  # nothing has kept the sections current while no page was open
@@ -103,7 +104,7 @@ class Dashboard:
         # Rows always travel oldest first; the page puts each new one on top.
         first += _event("rows", {"html": view.requests(self.feed.recent()[::-1]), "reset": True})
         queue.put_nowait(first)
-        self._streams.add(queue)
+        self._streams[queue] = request
         self._someone.set()
         return Response(200, content_type="text/event-stream; charset=utf-8",
                         headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"}, stream=self._events(queue))
@@ -119,19 +120,29 @@ class Dashboard:
                     return
                 yield chunk
         finally:
-            self._streams.discard(queue)
+            self._streams.pop(queue, None)
 
     # -- pushing -------------------------------------------------------------------------------
 
     def _publish(self, chunk: bytes) -> None:
-        for queue in list(self._streams):
+        audience = self.audience()
+        for queue, request in list(self._streams.items()):
+            if _judge(request, audience).status != 200:
+                self._end(queue)
+                continue
+            if not chunk:
+                continue
             try:
                 queue.put_nowait(chunk)
             except asyncio.QueueFull:
                 # A page that stopped reading: drop it rather than hold its backlog forever.
-                self._streams.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[bytes | None]) -> None:
+        self._streams.pop(queue, None)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     async def _refresh(self) -> dict[str, str]:
         """The state read again, the feed told what is in flight; the sections that changed."""
@@ -149,7 +160,7 @@ class Dashboard:
         rows = self.feed.changed()
         if rows:
             chunk += _event("rows", {"html": "".join(view.request_row(r) for r in rows)})
-        if chunk and self._streams:
+        if self._streams:
             self._publish(chunk)
 
     async def run(self) -> None:
@@ -160,6 +171,11 @@ class Dashboard:
                 await self._someone.wait()
             await self.tick()
             await asyncio.sleep(TICK_S)
+
+
+def _judge(request: Request, audience: gate.Audience) -> gate.Verdict:
+    return gate.judge(request.header("host"), request.peer, request.local, request.header("authorization"),
+                      request.header("x-api-key"), audience)
 
 
 def in_flight(table: dict[str, dict[str, int]]) -> list[InFlight]:
