@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from typing import Any
 
 from ai_server.access.clients import parse, token_hash
 from ai_server.access.tailscale import Peer
@@ -169,3 +170,33 @@ def test_charts_draw_quota_shares() -> None:
     assert "90% of 100" in svg and "150% of 100" in svg and 'class="c1 over"' in svg and 'class="c0 warn"' in svg
     assert "style=" not in svg
     assert charts.client_bars([], "tokens", "tokens").startswith('<p class="empty">')
+
+
+def test_the_usage_section_reads_today_and_30_days_from_the_ledger(tmp_path: Any) -> None:
+    from dataclasses import replace
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from ai_server.observe.dashboard import usage
+    from ai_server.observe.records import ENGINE
+    from ai_server.observe.usage.ledger import Ledger
+
+    paris = ZoneInfo("Europe/Paris")
+    base = ended("100.64.0.2", 1, 200, "laptop", input_tokens=10, output_tokens=5, gpu_s=1.5, usage_source=ENGINE)
+
+    def at(when: str, client: str, tokens: int) -> Ended:
+        t = datetime.fromisoformat(when).timestamp()
+        return replace(base, client=client, received_at=t - 1, ended_at=t, input_tokens=tokens, output_tokens=0)
+
+    ledger = Ledger(tmp_path / "usage.sqlite")
+    ledger.add([at("2026-12-02T10:00:00+01:00", "laptop", 100), at("2026-12-02T11:00:00+01:00", "kid", 900),
+                at("2026-11-20T10:00:00+01:00", "laptop", 40), at("2026-10-01T10:00:00+01:00", "laptop", 7)],
+               paris, "spool", 1)
+    now = datetime.fromisoformat("2026-12-02T12:00:00+01:00").timestamp()
+    shown = usage.read(ledger, now, paris, {"kid": {"tokens": 1000, "gpu_seconds": 0}})
+    assert sorted((r["client"], r["tokens"], r["limits"]) for r in shown["today"]) == [
+        ("kid", 900, {"tokens": 1000}), ("laptop", 100, {})]
+    assert sorted((r["day"], r["client"], r["tokens"]) for r in shown["days"]) == [
+        ("2026-11-20", "laptop", 40), ("2026-12-02", "kid", 900), ("2026-12-02", "laptop", 100)]   # not October
+    section = view.usage({"usage": shown})
+    assert "90% of 1.0k" in section and "kid" in section and "11-20" in section
