@@ -107,3 +107,12 @@ def test_the_page_without_javascript_shows_the_state(dash: tuple[Stack, str, Pat
     assert "RUNNING" in page and "laptop" in page and "smollm2:135m" in page
     filtered = httpx.get(url, params={"client": "nobody"}, timeout=10).text
     assert 'data-who="laptop"' not in filtered and 'data-who="laptop"' in page
+
+
+def test_the_dashboard_command_prints_where_it_is(dash: tuple[Stack, str, Path]) -> None:
+    stack, url, _ = dash
+    shown = stack.cli("dashboard")
+    assert shown.returncode == 0 and shown.stdout == url + "\n" and shown.stderr == ""
+    stack.stop()
+    alone = stack.cli("dashboard", "--no-open")
+    assert alone.returncode == 0 and alone.stdout == url + "\n" and "no supervisor answers" in alone.stderr

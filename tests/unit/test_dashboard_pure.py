@@ -200,3 +200,17 @@ def test_the_usage_section_reads_today_and_30_days_from_the_ledger(tmp_path: Any
         ("2026-11-20", "laptop", 40), ("2026-12-02", "kid", 900), ("2026-12-02", "laptop", 100)]   # not October
     section = view.usage({"usage": shown})
     assert "90% of 1.0k" in section and "kid" in section and "11-20" in section
+
+
+def test_the_dashboard_command_prints_the_loopback_url_first() -> None:
+    from ai_server.cli import dashboard_url
+    from ai_server.config import parse_config
+
+    def url(listen: str, name: str | None = "mymac.tail1.ts.net") -> str | None:
+        return dashboard_url(parse_config(f"[metrics]\nlisten = {listen}\n"), lambda: name)
+
+    assert url('["127.0.0.1:9464"]') == "http://127.0.0.1:9464/"
+    assert url('["tailscale", "192.168.1.5:9000", "[::1]:9464"]') == "http://[::1]:9464/"
+    assert url('["192.168.1.5:9000"]') == "http://192.168.1.5:9000/"
+    assert url('["tailscale"]') == "http://mymac.tail1.ts.net:9464/"
+    assert url('["tailscale"]', None) is None

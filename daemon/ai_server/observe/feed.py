@@ -106,9 +106,9 @@ class Feed:
             if now - left >= UNLOGGED_AFTER_S:
                 del self._pending[key]
                 self._gone.pop(row_id, None)
-                row = self.rows.get(row_id)
-                if row is not None:
-                    row["status"] = "unlogged"
+                closed = self.rows.get(row_id)
+                if closed is not None:
+                    closed["status"] = "unlogged"
                     self._changed[row_id] = None
         for key, when in list(self._ended.items()):
             if now - when > 60:
@@ -133,7 +133,7 @@ class Feed:
         pending = self._pending.pop(key, None)
         row_id = by_request or pending
         row = self.rows.get(row_id) if row_id is not None else None
-        if row is None:
+        if row is None or row_id is None:
             return self._add({"started": record.received_at, "address": record.address, **done})
         self._gone.pop(row_id, None)
         row.update({k: v for k, v in done.items() if v is not None or k not in ("who", "model")})

@@ -89,7 +89,7 @@ class Dashboard:
 
     async def _page(self, request: Request) -> Response:
         await self._refresh()
-        chosen = (request.query.get("client") or [None])[0] or None
+        chosen = next(iter(request.query.get("client") or []), None) or None
         text = page.render(self.host, self._sections, self.feed.recent(chosen), self._clients, chosen)
         return Response(200, text.encode(), "text/html; charset=utf-8", dict(SECURITY_HEADERS))
 
