@@ -53,3 +53,21 @@ def test_the_ollama_client_needs_the_preset_and_then_chats_generates_embeds_and_
         client.delete(MODEL)
     assert delete.value.status_code == 403
     assert not any(r["target"] in ("/api/pull", "/api/delete") for r in stack.engine_requests())
+
+
+def test_litellm_ollama_chat_works_after_the_preset(stack: Stack) -> None:
+    import os
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
+    litellm = pytest.importorskip("litellm")
+    litellm.suppress_debug_info = True
+    assert stack.cli("allow", "preset", "ollama-native").returncode == 0
+    wait_for(lambda: enforced(stack, "/api/chat"), 10, what="the preset enforced")
+    model, base = f"ollama_chat/{MODEL}", stack.url("")
+    reply = litellm.completion(model=model, api_base=base, messages=[{"role": "user", "content": "hi"}], num_retries=0)
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    chunks = list(litellm.completion(model=model, api_base=base, stream=True, num_retries=0,
+                                     messages=[{"role": "user", "content": "hi"}]))
+    assert len(chunks) > 2 and "".join(c.choices[0].delta.content or "" for c in chunks)
+    embedded = litellm.embedding(model=f"ollama/{MODEL}", api_base=base, input=["one"])
+    assert len(embedded.data[0]["embedding"]) == 8
+    assert {r["target"] for r in stack.engine_requests()} >= {"/api/chat", "/api/embed"}
