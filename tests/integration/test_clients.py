@@ -308,7 +308,10 @@ def test_https_without_a_certificate_waits_and_never_serves_plain_http(make_stac
     (state / "cert.fail").write_text("500 Internal Server Error: your Tailscale account does not support getting TLS certs")
     stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\ntls = "tailscale"\n'))
     stack.start(wait=False, timers={"ai_server.haproxy.tls.RETRY_S": 0.5})
-    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    # Launch has reached the proxy and left it waiting: the certificate arrives after that, as
+    # it does for a real account (the retry is a minute). Arriving before, it hid a bug.
+    wait_for(lambda: stack.events("proxy_waiting"), what="the proxy waiting")
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), what="status")
     assert data["proxy"]["waiting"].startswith("waiting for an HTTPS certificate") and "does not support" in data["proxy"]["waiting"]
     assert next(c for c in data["children"] if c["name"] == "haproxy")["state"] == "STOPPED"
     plain = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", stack.url("/v1/models")],

@@ -47,6 +47,9 @@ class ProxyChild:
         self.certificate: tls.Certificate | None = None
         self.tls_problem: str | None = None
         self.engine_models: str | None = None  # /v1/models as the proxy answers it (llama-server)
+        # Why it was not started, or stopped, for want of an address or a certificate: once
+        # that arrives it starts, however the reload that brings it is triggered.
+        self.held_back: str | None = None
 
     def waiting(self, desired: Desired) -> str | None:
         """Why the proxy cannot serve yet, or None."""
@@ -185,8 +188,12 @@ class ProxyChild:
         self.child.lc.policy = self._desired().config.restart
 
     async def start(self, reason: str) -> None:
-        if self.waiting(self._desired()):
+        waiting = self.waiting(self._desired())
+        if waiting:
+            self.held_back = waiting
+            self.log.info("proxy_waiting", process=self.child.name, reason=waiting)
             return
+        self.held_back = None
         await self.child.start(reason)
 
     async def apply(self, plan: Plan, cfg_changed: bool) -> None:
@@ -196,11 +203,13 @@ class ProxyChild:
         state = self.child.state
         waiting = self.waiting(self._desired())
         if waiting:
+            self.held_back = waiting
             await self.child.stop(waiting)
         elif state not in ALIVE:
-            # An address appeared, or a new config may mend a proxy that kept failing; one
-            # stopped on request stays stopped.
-            if plan.addresses or state in (State.FATAL, State.BACKOFF, State.EXITED):
+            # What it waited for arrived (an address, a certificate), or a new config may mend
+            # a proxy that kept failing; one stopped on request stays stopped.
+            if self.held_back or plan.addresses or state in (State.FATAL, State.BACKOFF, State.EXITED):
+                self.held_back = None
                 await self.child.start("config changed")
         elif cfg_changed:
             # Master-worker reload: the master re-reads the file, new workers take over the
