@@ -29,9 +29,9 @@ EXIT_CONFIG_ERROR = 5
 
 
 def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
-    from ai_server.daemon.supervisor import Supervisor
+    from ai_server.daemon import supervisor
 
-    return asyncio.run(Supervisor(paths).main())
+    return asyncio.run(supervisor.run(paths))
 
 
 def name_width(names: Sequence[str]) -> int:

@@ -129,7 +129,8 @@ def test_parse_access_log_line() -> None:
 def test_every_map_is_referenced_by_the_config(fronting: bool) -> None:
     """A map the config does not name cannot be swapped live (the runtime API refuses it)."""
     text = render(spec('[[node]]\nname = "a"\nurl = "http://127.0.0.5:11434"\n' if fronting else ""))
-    files = maps.every_map(DEFAULT, ("127.0.0.2",), 11434, (), Clients(), (), True, (), {} if fronting else None)
+    files = maps.every_map(DEFAULT, ("127.0.0.2",), 11434, (), Clients(), (), True, ())
+    files += maps.node_maps({}, {"v1": "-", "tags": "-", "list": "[]"}) if fronting else []
     assert any(f.name == maps.NODE_MODELS for f in files) == fronting
     for item in files:
         assert item.name in text or item.name == maps.MODEL_PATHS, item.name  # model-paths: read by the Lua

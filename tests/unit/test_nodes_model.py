@@ -109,7 +109,7 @@ def test_fronting_config_passes_haproxy_check(tmp_path: Path, cfg_text: str) -> 
     assignment = nodes.assign({}, ["qwen2.5-coder:7b", "llama3:8b"])
     states = [state("studio-2", {"qwen2.5-coder:7b": True}), state("linux.gpu", {"llama3:8b": False}, drained=True)]
     answers = nodes.union(states)
-    files = maps.every_map(allow, ("100.64.0.1",), 11434, (), Clients(), (), True, (), assignment, answers)
+    files = [*maps.every_map(allow, ("100.64.0.1",), 11434, (), Clients(), (), True, ()), *maps.node_maps(assignment, answers)]
     tls = "tls" in cfg_text
     if tls:
         (tmp_path / "tls.pem").write_text(_self_signed(tmp_path))

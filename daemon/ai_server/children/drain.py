@@ -11,19 +11,23 @@ import asyncio
 from pathlib import Path
 from typing import Callable
 
-import structlog
-
+from ai_server.base import logs
 from ai_server.base.errors import HaproxyRuntimeError
 from ai_server.children.lifecycle import Clock
 from ai_server.haproxy import maps, runtime, set_hold_file
 
 
 class Hold:
-    def __init__(self, stats_socket: Path, state_dir: Path, clock: Clock, log: structlog.stdlib.BoundLogger,
+    """`available`: HAProxy is built with Lua (Debian's and Homebrew's are); without it nothing
+    is held and requests get 503 while the engine restarts. `proxy_running` is the owning
+    ProxyChild's own answer."""
+
+    def __init__(self, stats_socket: Path, state_dir: Path, clock: Clock, available: bool,
                  proxy_running: Callable[[], bool]):
-        self.stats_socket, self.state_dir, self.clock, self.log = stats_socket, state_dir, clock, log
+        self.stats_socket, self.state_dir, self.clock = stats_socket, state_dir, clock
+        self.log = logs.get()
         self.proxy_running = proxy_running
-        self.available = False  # HAProxy built with Lua
+        self.available = available
         self.wanted = False
         self.held = False
         self._changed = asyncio.Event()

@@ -16,8 +16,10 @@ from typing import Any, Awaitable, Callable
 import psutil
 
 from ai_server.base import logs
-from ai_server.children.lifecycle import Clock, Lifecycle, OnTransition, Snapshot
-from ai_server.children.states import Mood, State
+from ai_server.children.context import Context
+from ai_server.children.groups import signal_group, stop_group
+from ai_server.children.lifecycle import Lifecycle, OnTransition, Snapshot
+from ai_server.children.states import State
 from ai_server.config import RestartPolicy
 
 _MAX_LINE = 16384
@@ -56,30 +58,15 @@ def describe_exit(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def signal_group(pgid: int, sig: int) -> bool:
-    """Signal a whole process group; False when nothing is left in it."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-async def stop_group(pgid: int, sig: int, timeout: float, gone: Callable[[], Awaitable[Any]]) -> bool:
-    """The one way a group is stopped: `sig` to the group, SIGKILL to it if `gone()` has not
-    finished within `timeout`. True when it had to be killed."""
-    signal_group(pgid, sig)
-    try:
-        await asyncio.wait_for(gone(), timeout)
-        return False
-    except asyncio.TimeoutError:
-        signal_group(pgid, signal.SIGKILL)
-        await gone()
-        return True
+def log_transition(name: str, old: State, new: State, reason: str) -> None:
+    """The one place every state change of every child is logged."""
+    level = "warning" if new in (State.BACKOFF, State.EXITED, State.FATAL) else "info"
+    getattr(logs.get(), level)("state", process=name, **{"from": old.value, "to": new.value}, reason=reason)
 
 
 class Child:
-    """A child process under supervision."""
+    """A child process under supervision. `spec` is asked at every spawn and stop: the owner
+    (EngineChild, ProxyChild) answers from what it last applied."""
 
     def __init__(
         self,
@@ -87,26 +74,24 @@ class Child:
         role: Role,
         spec: Callable[[], Spec],
         policy: RestartPolicy,
-        clock: Clock,
-        on_transition: OnTransition,
-        mood: Callable[[], Mood],
+        ctx: Context,
         *,
         ready: Callable[[], Awaitable[bool]] | None = None,
         start_timeout: float = 60.0,
         audit: Callable[[int], str | None] | None = None,
         audit_every: float = 2.0,
-        on_change: Callable[[], None] = lambda: None,
+        on_transition: OnTransition | None = None,
     ):
         self.name = name
         self.role = role
-        self.lc = Lifecycle(name, policy, clock, on_transition)
+        self._ctx = ctx
+        self._observer = on_transition
+        self._lc = Lifecycle(name, policy, ctx.clock, self._transitioned)
         self._spec = spec
-        self._mood = mood
         self._ready = ready
         self._audit = audit
         self.audit_every = audit_every
         self.start_timeout = start_timeout
-        self._on_change = on_change
         self._log = logs.get()
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -122,14 +107,24 @@ class Child:
 
     @property
     def state(self) -> State:
-        return self.lc.state
+        return self._lc.state
+
+    @property
+    def policy(self) -> RestartPolicy:
+        return self._lc.policy
+
+    def set_policy(self, policy: RestartPolicy, start_timeout: float | None = None) -> None:
+        """A new restart policy (and health-check deadline) for the next start; no restart."""
+        self._lc.policy = policy
+        if start_timeout is not None:
+            self.start_timeout = start_timeout
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
     def snapshot(self) -> Snapshot:
-        return self.lc.snapshot()
+        return self._lc.snapshot()
 
     def record(self) -> dict[str, Any] | None:
         """What the next supervisor needs to find this process if we die without stopping it:
@@ -144,12 +139,12 @@ class Child:
         return {"pid": self.pid, "create_time": self.create_time, "argv": argv}
 
     async def start(self, reason: str, fresh: bool = False) -> None:
-        if self._mood() is Mood.SHUTDOWN:
+        if self._ctx.mood.shutting_down:
             self._log.info("start_refused", process=self.name, reason=f"{reason}: shutting down")
             return
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name=f"{self.name}-ticker")
-        if self.lc.start(reason, fresh):
+        if self._lc.start(reason, fresh):
             await self._spawn()
 
     async def stop(self, reason: str, timeout: float | None = None) -> None:
@@ -158,7 +153,7 @@ class Child:
             # A start is between fork and record: stop what it starts, not nothing.
             await asyncio.shield(self._spawning)
         proc, watcher = self._proc, self._watcher
-        if not self.lc.stop(reason) or proc is None or watcher is None:
+        if not self._lc.stop(reason) or proc is None or watcher is None:
             self._wake.set()
             return
         spec = self._spec()
@@ -178,12 +173,13 @@ class Child:
         except ProcessLookupError:
             return False
 
-    async def settled(self, timeout: float) -> State:
-        """Wait until the child is past STARTING (RUNNING, BACKOFF, FATAL...), as supervisorctl does."""
-        deadline = self.lc.clock() + timeout
-        while self.lc.state == State.STARTING and self.lc.clock() < deadline:
+    async def settled(self) -> State:
+        """Wait until the child is past STARTING (RUNNING, BACKOFF, FATAL...), as supervisorctl
+        does: at most startsecs and the health check's deadline."""
+        deadline = self._ctx.clock() + self.policy.startsecs + self.start_timeout
+        while self._lc.state == State.STARTING and self._ctx.clock() < deadline:
             await asyncio.sleep(0.05)
-        return self.lc.state
+        return self._lc.state
 
     async def restart(self, reason: str, fresh: bool = False) -> None:
         await self.stop(reason)
@@ -192,7 +188,7 @@ class Child:
     async def kill_now(self, reason: str) -> None:
         """FATAL at once, process group killed: for a child that must not keep running."""
         proc, watcher = self._proc, self._watcher
-        self.lc.fatal(reason)
+        self._lc.fatal(reason)
         if proc is not None:
             signal_group(proc.pid, signal.SIGKILL)
         if watcher is not None:
@@ -208,16 +204,16 @@ class Child:
     async def _tick(self) -> None:
         """Wakes at the lifecycle's deadlines (retries) and on every change."""
         while True:
-            deadline = self.lc.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self.lc.clock())
+            deadline = self._lc.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._lc.clock())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            if self._mood() is Mood.SHUTDOWN:
+            if self._ctx.mood.shutting_down:
                 return
-            if self.lc.retry_due():
+            if self._lc.retry_due():
                 await self._spawn()
 
     async def _spawn(self) -> None:
@@ -238,7 +234,7 @@ class Child:
                 start_new_session=True,  # its own process group: stop reaches workers and runners
             )
         except OSError as err:
-            self.lc.start_failed(f"cannot execute {spec.argv[0]}: {err.strerror or err}")
+            self._lc.start_failed(f"cannot execute {spec.argv[0]}: {err.strerror or err}")
             self._changed()
             return
         self._proc = proc
@@ -246,7 +242,7 @@ class Child:
             self.create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             self.create_time = None
-        self.lc.spawned(proc.pid)
+        self._lc.spawned(proc.pid)
         self._log.info("spawned", process=self.name, pid=proc.pid, argv=list(spec.argv))
         self._changed()
         self._watcher = asyncio.create_task(self._watch(proc), name=f"{self.name}-watch")
@@ -266,12 +262,12 @@ class Child:
         self._proc = None
         self.create_time = None
         how = describe_exit(returncode)
-        if self.last_output and self.lc.state == State.STARTING:
+        if self.last_output and self._lc.state == State.STARTING:
             how += f"; last output: {self.last_output[-1][:300]}"
-        if self._kill_reason is not None and self.lc.state == State.STARTING:
-            self.lc.start_failed(self._kill_reason)
+        if self._kill_reason is not None and self._lc.state == State.STARTING:
+            self._lc.start_failed(self._kill_reason)
         else:
-            self.lc.exited(how)
+            self._lc.exited(how)
         self._kill_reason = None
         self._changed()
 
@@ -280,7 +276,7 @@ class Child:
         if self._audit is None or proc.returncode is not None:
             return True
         problem = await asyncio.to_thread(self._audit, proc.pid)
-        self.last_audit = self.lc.clock()
+        self.last_audit = self._lc.clock()
         if problem is None:
             return True
         self._log.error("security", process=self.name, pid=proc.pid, finding=problem)
@@ -290,23 +286,23 @@ class Child:
     async def _become_ready(self, proc: asyncio.subprocess.Process) -> None:
         # Audited from the first moment, not only once healthy: a socket opened on the wrong
         # address is caught within one poll, not after startsecs.
-        started = self.lc.clock()
-        deadline = started + self.lc.policy.startsecs + self.start_timeout
-        while self.lc.state == State.STARTING and proc.returncode is None:
+        started = self._lc.clock()
+        deadline = started + self._lc.policy.startsecs + self.start_timeout
+        while self._lc.state == State.STARTING and proc.returncode is None:
             if not await self._audited(proc):
                 return
-            if self.lc.can_become_running() and (self._ready is None or await self._ready()):
+            if self._lc.can_become_running() and (self._ready is None or await self._ready()):
                 if not await self._audited(proc):
                     return
-                self.lc.healthy()
+                self._lc.healthy()
                 self._changed()
                 break
-            if self.lc.clock() >= deadline:
+            if self._lc.clock() >= deadline:
                 self._kill_reason = f"no answer to its health check within {self.start_timeout:g}s; killed"
                 signal_group(proc.pid, signal.SIGKILL)
                 return
             await asyncio.sleep(0.1)
-        while self._audit is not None and self.lc.state == State.RUNNING and proc.returncode is None:
+        while self._audit is not None and self._lc.state == State.RUNNING and proc.returncode is None:
             await asyncio.sleep(self.audit_every)
             if not await self._audited(proc):
                 return
@@ -331,6 +327,12 @@ class Child:
         self.last_output.append(line)
         self._log.info("output", process=self.name, stream=stream, line=line)
 
+    def _transitioned(self, name: str, old: State, new: State, reason: str) -> None:
+        log_transition(name, old, new, reason)
+        if self._observer is not None:
+            self._observer(name, old, new, reason)
+
     def _changed(self) -> None:
+        """Spawned or gone: wake the ticker, and keep this child's entry in the records true."""
         self._wake.set()
-        self._on_change()
+        self._ctx.records.put(self.name, self.record())

@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, replace
 
 from ai_server import haproxy
 from ai_server.access import tailscale
 from ai_server.base import logs
 from ai_server.base.errors import HaproxyRuntimeError
 from ai_server.base.files import atomic_write
-from ai_server.base.paths import Paths
+from ai_server.children.context import Context
 from ai_server.children.drain import Hold
-from ai_server.children.lifecycle import Clock, OnTransition
 from ai_server.children.process import Child, Role, Spec
-from ai_server.children.states import ALIVE, Mood, State
+from ai_server.children.states import ALIVE, State
 from ai_server.config import Config
 from ai_server.desired import Desired, Plan
 from ai_server.engines import engine_for
-from ai_server.fleet import nodes
 from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import maps, runtime, tls
 from ai_server.haproxy.maps import MapFile
@@ -35,15 +33,41 @@ def answers_models(cfg: Config) -> bool:
     return cfg.proxy.enabled and cfg.engine.kind == "llama-server" and not cfg.fronting
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What a reload wrote for the proxy (checked, not yet served)."""
+    config_changed: bool = False       # haproxy.cfg itself: a reload in place
+    certificate_changed: bool = False  # a new certificate for the running proxy
+    tls_changed: bool = False          # HTTPS became possible (or not): it listens differently
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the proxy is carrying now, from HAProxy's own counters."""
+    inflight: int                     # generation requests holding an engine slot
+    slots: int
+    queued: dict[str, int]            # waiting for a slot, by priority class
+    oldest_wait_s: float
+    clients: dict[str, int]           # requests in progress (queued or running), by client, when any
+    last_minute: dict[str, int]       # requests in the last minute, by client
+    requests_total: int               # every request HAProxy received
+
+    def as_json(self) -> dict[str, object]:
+        return {"inflight": self.inflight, "slots": self.slots, "queued": self.queued,
+                "oldest_wait_s": self.oldest_wait_s, "clients": self.clients, "requests_total": self.requests_total}
+
+
 class ProxyChild:
-    def __init__(self, paths: Paths, desired: Callable[[], Desired], environ: Mapping[str, str], clock: Clock,
-                 on_transition: OnTransition, mood: Callable[[], Mood], on_change: Callable[[], None], fleet: Fleet):
-        self.paths, self._desired, self._environ, self.fleet = paths, desired, environ, fleet
-        self.program = ""  # haproxy, resolved by preflight
+    """`desired` is what this child last applied, `program` haproxy as preflight found it.
+    `lua`: the haproxy binary has Lua, so requests can be held while the engine restarts."""
+
+    def __init__(self, ctx: Context, desired: Desired, program: str, lua: bool, fleet: Fleet):
+        self.ctx, self.desired, self.program, self.fleet = ctx, desired, program, fleet
+        self.paths = ctx.paths
         self.log = logs.get()
-        self.hold = Hold(paths.haproxy_stats_socket, paths.state_dir, clock, self.log, self.running)
-        self.child = Child("haproxy", Role.PROXY, self.spec, desired().config.restart, clock, on_transition, mood,
-                           ready=self.listens, start_timeout=START_TIMEOUT, on_change=on_change)
+        self.hold = Hold(self.paths.haproxy_stats_socket, self.paths.state_dir, ctx.clock, lua, self.running)
+        self.child = Child("haproxy", Role.PROXY, self.spec, desired.config.restart, ctx,
+                           ready=self.listens, start_timeout=START_TIMEOUT)
         self.certificate: tls.Certificate | None = None
         self.tls_problem: str | None = None
         self.engine_models: str | None = None  # /v1/models as the proxy answers it (llama-server)
@@ -51,8 +75,10 @@ class ProxyChild:
         # that arrives it starts, however the reload that brings it is triggered.
         self.held_back: str | None = None
 
-    def waiting(self, desired: Desired) -> str | None:
+    @property
+    def waiting(self) -> str | None:
         """Why the proxy cannot serve yet, or None."""
+        desired = self.desired
         if not desired.addresses:
             return f"waiting for a tailnet address: {desired.tailnet_problem or 'is Tailscale up?'}"
         if desired.config.proxy.tls == "tailscale" and not self.tls_ready:
@@ -87,7 +113,7 @@ class ProxyChild:
             self.log.info("tls_certificate", process="haproxy", domain=domain, not_after=self.certificate.not_after)
         return changed
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> Load:
         """What the queue and the engine's slots hold now, from HAProxy. Blocking;
         HaproxyRuntimeError when HAProxy does not answer."""
         sock = self.paths.haproxy_stats_socket
@@ -95,17 +121,19 @@ class ProxyChild:
         everything, running = runtime.table(sock, "classes"), runtime.table(sock, "running_classes")
         queued = {c: max(0, everything.get(c, {}).get("use", 0) - running.get(c, {}).get("use", 0))
                   for c in PRIORITY_CLASSES}
+        clients = runtime.table(sock, "clients")
         front = rows.get(("ai_server", "FRONTEND"), {})
-        return {
+        return Load(
             # Streams tracking a class at the gate: requests holding a slot (the gate's own
             # session count would include HAProxy's idle connections to it).
-            "inflight": sum(row["use"] for row in running.values()),
-            "slots": self._desired().config.engine.slots,
-            "queued": queued,
-            "oldest_wait_s": runtime.oldest_queued(sock, "generate") if any(queued.values()) else 0.0,
-            "clients": {name: row["use"] for name, row in runtime.table(sock, "clients").items() if row["use"]},
-            "requests_total": int(front.get("req_tot") or 0),
-        }
+            inflight=sum(row["use"] for row in running.values()),
+            slots=self.desired.config.engine.slots,
+            queued=queued,
+            oldest_wait_s=runtime.oldest_queued(sock, "generate") if any(queued.values()) else 0.0,
+            clients={name: row["use"] for name, row in clients.items() if row["use"]},
+            last_minute={name: row.get("http_req_rate", 0) for name, row in clients.items()},
+            requests_total=int(front.get("req_tot") or 0),
+        )
 
     async def swap_certificate(self) -> None:
         """The renewed certificate into the running proxy, without a reload."""
@@ -130,16 +158,16 @@ class ProxyChild:
         # biggest body (tune.bufsize), too large for its per-thread cache, and without it every
         # request would map and unmap several of them (measured: +0.2 ms a request).
         return Spec(argv=(self.program, "-W", "-db", "-dMglobal", "-f", str(self.paths.haproxy_cfg)),
-                    env=dict(self._environ), stop_signal=signal.SIGUSR1,
-                    stop_timeout=self._desired().config.proxy.drain_timeout + 1.0, cwd=str(self.paths.state_dir))
+                    env=dict(self.ctx.environ), stop_signal=signal.SIGUSR1,
+                    stop_timeout=self.desired.config.proxy.drain_timeout + 1.0, cwd=str(self.paths.state_dir))
 
     async def listens(self) -> bool:
-        desired = self._desired()
+        desired = self.desired
         for address in desired.addresses:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(address, desired.config.proxy.port), 1.0)
                 writer.close()
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return False
         return True
 
@@ -151,17 +179,14 @@ class ProxyChild:
                                    node_states=self.fleet.render_states(), node_slots=self.fleet.render_slots())
 
     def maps(self, desired: Desired) -> list[MapFile]:
-        """What the running proxy decides from, in the order they are swapped in: the
-        allowlist's routes before its paths, then Host names, then who may use what, then
-        where models go."""
+        """The maps this child swaps in live, in that order: the allowlist's routes before its
+        paths, then Host names, then who may use what. (Where models go is the Fleet's.)"""
         cfg = desired.config
         # Model names compare as Ollama names them only where Ollama is the one engine; a front
         # sees each node's own spellings.
         ollama = cfg.engine.kind == "ollama" and not cfg.fronting
         files = maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
-                               desired.clients, desired.peers, ollama, cfg.proxy.fronts,
-                               self.fleet.assignment if cfg.fronting else None,
-                               dict(nodes.union(self.fleet.states.values())))
+                               desired.clients, desired.peers, ollama, cfg.proxy.fronts)
         return files + ([maps.engine_models_map(self.engine_models)] if answers_models(cfg) else [])
 
     async def set_engine_models(self, answer: str) -> None:
@@ -180,15 +205,22 @@ class ProxyChild:
         await asyncio.to_thread(atomic_write, self.paths.state_dir / item.name, item.text())
 
     def install(self, desired: Desired) -> bool:
-        """Write haproxy.cfg and the maps for `desired`, checked by `haproxy -c` first. Blocking.
-        True when haproxy.cfg itself changed."""
-        return haproxy.install(self.program, self.render_input(desired), self.maps(desired), self.paths.state_dir)
+        """Write haproxy.cfg and every map it reads for `desired`, checked by `haproxy -c` first.
+        Blocking. True when haproxy.cfg itself changed."""
+        every = [*self.maps(desired), *self.fleet.maps()]
+        return haproxy.install(self.program, self.render_input(desired), every, self.paths.state_dir)
 
-    def set_policy(self) -> None:
-        self.child.lc.policy = self._desired().config.restart
+    def stage(self, desired: Desired, plan: Plan) -> Staged:
+        """For a reload, before anything running changes: the certificate asked for, then
+        haproxy.cfg and the maps written and checked, when the plan touches them. Blocking."""
+        had_tls = self.tls_ready
+        certificate_changed = self.prepare_tls(desired)
+        tls_changed = self.tls_ready != had_tls
+        config_changed = self.install(desired) if plan.proxy or plan.rules or tls_changed else False
+        return Staged(config_changed, certificate_changed, tls_changed)
 
     async def start(self, reason: str) -> None:
-        waiting = self.waiting(self._desired())
+        waiting = self.waiting
         if waiting:
             self.held_back = waiting
             self.log.info("proxy_waiting", process=self.child.name, reason=waiting)
@@ -196,12 +228,21 @@ class ProxyChild:
         self.held_back = None
         await self.child.start(reason)
 
-    async def apply(self, plan: Plan, cfg_changed: bool) -> None:
-        """Make the running proxy serve what install() wrote."""
-        if not self._desired().config.proxy.enabled or not (plan.proxy or plan.rules):
+    async def apply(self, desired: Desired, plan: Plan, staged: Staged) -> None:
+        """Serve `desired`, which stage() wrote: rules swapped live, a reload in place, a start
+        or a stop, as the plan needs; and keep it."""
+        self.desired = desired
+        if plan.policy:
+            self.child.set_policy(desired.config.restart)
+        await self._serve(replace(plan, proxy=True) if staged.tls_changed else plan, staged.config_changed)
+        if staged.certificate_changed and not staged.config_changed:
+            await self.swap_certificate()
+
+    async def _serve(self, plan: Plan, cfg_changed: bool) -> None:
+        if not self.desired.config.proxy.enabled or not (plan.proxy or plan.rules):
             return
         state = self.child.state
-        waiting = self.waiting(self._desired())
+        waiting = self.waiting
         if waiting:
             self.held_back = waiting
             await self.child.stop(waiting)
@@ -223,7 +264,7 @@ class ProxyChild:
 
     async def swap_rules(self) -> None:
         """New allowlist into the running proxy without a reload; a reload if that fails."""
-        desired = self._desired()
+        desired = self.desired
         try:
             await asyncio.to_thread(runtime.swap, self.paths.haproxy_stats_socket, self.maps(desired))
             self.log.info("maps_swapped", process="haproxy", rules=len(desired.allowlist.rules),

@@ -19,7 +19,7 @@ import psutil
 
 from ai_server.base.errors import AlreadyRunning
 from ai_server.base.files import atomic_write
-from ai_server.children.process import stop_group
+from ai_server.children.groups import stop_group
 
 _SAME_PROCESS = 0.05  # seconds of create-time slack; psutil rounds differently per platform
 
@@ -46,6 +46,26 @@ def acquire_lock(path: Path) -> IO[str]:
 def write(path: Path, children: dict[str, dict[str, Any] | None]) -> None:
     data = {"supervisor": os.getpid(), "children": {k: v for k, v in children.items() if v}}
     atomic_write(path, json.dumps(data))
+
+
+class Book:
+    """children.json, kept current by the children themselves: each one puts its own record
+    as it spawns and exits, so the file always names every process that is ours right now.
+    A Book without a path keeps the records in memory only (tests that drive one child)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any] | None] = {}
+
+    def put(self, name: str, record: dict[str, Any] | None) -> None:
+        self.entries[name] = record
+        if self.path is not None:
+            write(self.path, self.entries)
+
+    def close(self) -> None:
+        """After a clean shutdown nothing is left to find."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def read(path: Path) -> dict[str, dict[str, Any]]:

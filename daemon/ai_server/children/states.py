@@ -54,6 +54,25 @@ class Mood(str, Enum):
     SHUTDOWN = "SHUTDOWN"
 
 
+class DaemonMood:
+    """The one mood of the whole daemon, shared by everything that can start a child. It moves
+    once, RUNNING -> SHUTDOWN, and never back."""
+
+    def __init__(self) -> None:
+        self._now = Mood.RUNNING
+
+    @property
+    def now(self) -> Mood:
+        return self._now
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._now is Mood.SHUTDOWN
+
+    def shut_down(self) -> None:
+        self._now = Mood.SHUTDOWN
+
+
 class TransitionError(RuntimeError):
     """A move the table above does not allow: a bug in the caller, never user input."""
 

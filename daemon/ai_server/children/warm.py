@@ -21,8 +21,9 @@ from ai_server.engines import Engine
 LOAD_TIMEOUT = httpx.Timeout(connect=5.0, read=1800.0, write=60.0, pool=5.0)
 
 
-@dataclass
-class Outcome:
+@dataclass(frozen=True)
+class Warmed:
+    """One model's last warm-up, as status shows it."""
     model: str
     state: str = "pending"          # pending, pulling, loading, loaded, failed
     detail: str = ""
@@ -30,6 +31,21 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "state": self.state, "detail": self.detail, "seconds": self.seconds}
+
+
+@dataclass
+class Outcome:
+    """One model's warm-up as it goes."""
+    model: str
+    state: str = "pending"
+    detail: str = ""
+    seconds: float | None = None
+
+    def frozen(self) -> Warmed:
+        return Warmed(self.model, self.state, self.detail, self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.frozen().as_dict()
 
 
 Progress = Callable[[Outcome, dict[str, Any]], None]
@@ -110,5 +126,5 @@ class Warmer:
             self._task.cancel()
             self._task = None
 
-    def status(self) -> list[dict[str, Any]]:
-        return [o.as_dict() for o in self.outcomes.values()]
+    def status(self) -> tuple[Warmed, ...]:
+        return tuple(o.frozen() for o in self.outcomes.values())

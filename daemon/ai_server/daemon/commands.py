@@ -1,30 +1,113 @@
-"""What the control socket answers: status, start/stop/restart, reload, warm.
+"""What the control socket answers: status, start/stop/restart, reload, warm, clients, nodes.
 
-Each command is a small async generator of answers (progress lines, then one with "ok").
+Each command is a small async generator of answers (progress lines, then one with "ok"). It
+reads the daemon through a snapshot (a value) and acts through the few methods of `Daemon`;
+the answers are built by pure functions of what it read.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from ai_server.access.clients import UNKNOWN
-from ai_server.base.errors import AiServerError, HaproxyRuntimeError
+from ai_server.base.errors import AiServerError
 from ai_server.base.netaddr import host_port
-from ai_server.children.process import Child, Role
-from ai_server.children.states import State
-from ai_server.haproxy import runtime
-
-if TYPE_CHECKING:
-    from ai_server.daemon.supervisor import Supervisor
+from ai_server.children.proxy import Load
+from ai_server.desired import Desired
+from ai_server.observe.snapshot import Snapshot
 
 Answers = AsyncIterator[dict[str, Any]]
 
 
+class Daemon(Protocol):
+    """What a command may ask of the daemon (the Supervisor is one)."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    async def load(self) -> Load | None: ...
+
+    async def start(self, names: list[str], reason: str) -> None: ...
+
+    async def stop(self, names: list[str], reason: str) -> None: ...
+
+    async def restart(self, names: list[str], reason: str) -> None: ...
+
+    async def reload(self, why: str) -> dict[str, Any]: ...
+
+    def warm(self, models: list[str], pull: bool) -> Answers: ...
+
+    async def nodes(self, action: str | None, name: str) -> list[dict[str, Any]]: ...
+
+
+# -- answers, from what was read (pure) ----------------------------------------------------------
+
+
+def status_json(snap: Snapshot) -> dict[str, Any]:
+    """`status --json`, and what start/stop/restart answer with."""
+    cfg = snap.desired.config
+    children = [{"name": c.name, "state": c.state.value, "pid": c.pid,
+                 "uptime_s": None if c.uptime_s is None else round(c.uptime_s, 1),
+                 "restarts": c.restarts, "failures": c.failures, "description": c.description}
+                for c in snap.children]
+    tls = None if snap.tls is None else {"domain": snap.tls.domain, "not_after": snap.tls.not_after,
+                                         "problem": snap.tls.problem}
+    return {
+        "children": children,
+        "proxy": {
+            "listen": [host_port(a, cfg.proxy.port) for a in snap.desired.addresses],
+            "waiting": snap.proxy_waiting,
+            "enabled": cfg.proxy.enabled,
+            "engine_listen": None if snap.engine_listen is None else host_port(*snap.engine_listen),
+            "rules": len(snap.desired.allowlist.rules),
+            "nodes": list(snap.nodes),
+            "loaded_at": snap.loaded_at,
+            "config_error": snap.config_error,
+            "tls": tls,
+        },
+        "warm": [w.as_dict() for w in snap.warm],
+        "supervisor": {"pid": snap.pid, "mood": snap.mood.value},
+    }
+
+
+def targets(snap: Snapshot, name: str) -> list[str]:
+    """The children `name` means ("all": every one), in start order."""
+    names = [c.name for c in snap.children]
+    if name == "all":
+        return names
+    if name not in names:
+        raise AiServerError(f"no child named {name!r} (children: {', '.join(names)}, or all)")
+    return [name]
+
+
+def client_rows(desired: Desired, load: Load | None) -> list[dict[str, Any]]:
+    """Each client: how it is identified, its policy, and its load now."""
+    peers: dict[str, list[dict[str, Any]]] = {c.name: [] for c in desired.clients.clients}
+    for peer in desired.peers:
+        owner = desired.clients.owner(peer)
+        if owner is not None:
+            peers[owner].append({"device": peer.device or peer.host_name, "addresses": list(peer.addresses)})
+    entries = [(c.name, c.kind, c.value, c.policy) for c in desired.clients.clients]
+    entries.append((UNKNOWN, "unknown", "allow" if desired.clients.unknown_allowed else "deny", desired.clients.defaults))
+    in_flight, last_minute = (load.clients, load.last_minute) if load is not None else ({}, {})
+    rows = []
+    for name, kind, value, policy in entries:
+        rows.append({
+            "name": name, "identity": {"kind": kind, "value": value[:12] + "..." if kind == "token_sha256" else value},
+            "peers": peers.get(name, []),
+            "policy": {"paths": None if policy.paths is None else list(policy.paths), "models": list(policy.models),
+                       "rpm": policy.rpm, "concurrency": policy.concurrency, "priority": policy.priority},
+            "in_flight": in_flight.get(name, 0), "last_minute": last_minute.get(name, 0),
+        })
+    return rows
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
 class Commands:
-    def __init__(self, supervisor: Supervisor):
-        self.sup = supervisor
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
         self._table: dict[str, Callable[[dict[str, Any]], Answers]] = {
             "status": self.status, "start": self.start, "stop": self.stop, "restart": self.restart,
             "reload": self.reload, "warm": self.warm, "clients": self.clients, "nodes": self.nodes,
@@ -41,133 +124,38 @@ class Commands:
         except AiServerError as err:
             yield {"ok": False, "error": str(err)}
 
-    # -- status ----------------------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        sup = self.sup
-        desired = sup.desired
-        cfg = desired.config
-        waiting = sup.proxy.waiting(desired) if cfg.proxy.enabled else None
-        children = []
-        for child in sup.children:
-            snap = child.snapshot()
-            description = snap.description
-            if child.role is Role.PROXY and waiting and snap.state == State.STOPPED:
-                description = waiting
-            children.append({"name": snap.name, "state": snap.state.value, "pid": snap.pid,
-                             "uptime_s": None if snap.uptime_s is None else round(snap.uptime_s, 1),
-                             "restarts": snap.restarts, "failures": snap.failures,
-                             "description": description})
-        bind = sup.engine.bind if sup.engine.present else None
-        return {
-            "children": children,
-            "proxy": {
-                "listen": [host_port(a, cfg.proxy.port) for a in desired.addresses],
-                "waiting": waiting,
-                "enabled": cfg.proxy.enabled,
-                "engine_listen": None if bind is None else host_port(*bind),
-                "rules": len(desired.allowlist.rules),
-                "nodes": sorted(sup.fleet.states),
-                "loaded_at": sup.loaded_at,
-                "config_error": sup.config_error,
-                "tls": None if cfg.proxy.tls != "tailscale" else {
-                    "domain": getattr(sup.proxy.certificate, "domain", None),
-                    "not_after": getattr(sup.proxy.certificate, "not_after", None),
-                    "problem": sup.proxy.tls_problem},
-            },
-            "warm": sup.engine.warmer.status(),
-            "supervisor": {"pid": os.getpid(), "mood": sup.mood.value},
-        }
-
-    async def load(self) -> dict[str, Any] | None:
-        if not self.sup.desired.config.proxy.enabled or self.sup.proxy.child.state != State.RUNNING:
-            return None
-        try:
-            return await asyncio.to_thread(self.sup.proxy.load)
-        except HaproxyRuntimeError:
-            return None
+    def _done(self) -> dict[str, Any]:
+        return {"ok": True, **status_json(self.daemon.snapshot())}
 
     async def status(self, args: dict[str, Any]) -> Answers:
-        yield {"ok": True, **self.snapshot(), "load": await self.load()}
-
-    # -- children --------------------------------------------------------------------------------
-
-    def _targets(self, name: str) -> list[Child]:
-        children = self.sup.children  # in start order
-        if name == "all":
-            return children
-        found = [c for c in children if c.name == name]
-        if not found:
-            known = ", ".join(c.name for c in children)
-            raise AiServerError(f"no child named {name!r} (children: {known}, or all)")
-        return found
+        snap, load = self.daemon.snapshot(), await self.daemon.load()
+        yield {"ok": True, **status_json(snap), "load": None if load is None else load.as_json()}
 
     async def start(self, args: dict[str, Any]) -> Answers:
-        for child in self._targets(str(args.get("name", ""))):
-            await self.sup.start_child(child, "requested by start")
-        yield {"ok": True, **self.snapshot()}
+        await self.daemon.start(targets(self.daemon.snapshot(), str(args.get("name", ""))), "requested by start")
+        yield self._done()
 
     async def stop(self, args: dict[str, Any]) -> Answers:
-        for child in reversed(self._targets(str(args.get("name", "")))):
-            await child.stop("requested by stop")
-        yield {"ok": True, **self.snapshot()}
+        await self.daemon.stop(targets(self.daemon.snapshot(), str(args.get("name", ""))), "requested by stop")
+        yield self._done()
 
     async def restart(self, args: dict[str, Any]) -> Answers:
-        targets = self._targets(str(args.get("name", "")))
-        engine = self.sup.engine
-        if targets == [engine.child]:
-            # Alone, the engine is drained first: no generation in flight is cut.
-            await engine.restart("requested by restart", fresh=True)
-            await engine.settled()
-            yield {"ok": True, **self.snapshot()}
-            return
-        for child in reversed(targets):
-            await child.stop("requested by restart")
-        for child in targets:
-            await self.sup.start_child(child, "requested by restart")
-        yield {"ok": True, **self.snapshot()}
+        await self.daemon.restart(targets(self.daemon.snapshot(), str(args.get("name", ""))), "requested by restart")
+        yield self._done()
 
     async def reload(self, args: dict[str, Any]) -> Answers:
-        yield await self.sup.reload("requested by reload")
+        yield await self.daemon.reload("requested by reload")
 
     async def clients(self, args: dict[str, Any]) -> Answers:
-        """Each client: how it is identified, its policy, and its load now (HAProxy's table)."""
-        desired = self.sup.desired
-        try:
-            load = await asyncio.to_thread(runtime.table, self.sup.paths.haproxy_stats_socket, "clients")
-        except HaproxyRuntimeError:
-            load = {}
-        peers = {name: [] for name in [c.name for c in desired.clients.clients]}
-        for peer in desired.peers:
-            owner = desired.clients.owner(peer)
-            if owner is not None:
-                peers[owner].append({"device": peer.device or peer.host_name, "addresses": list(peer.addresses)})
-        rows = []
-        entries = [(c.name, c.kind, c.value, c.policy) for c in desired.clients.clients]
-        entries.append((UNKNOWN, "unknown", "allow" if desired.clients.unknown_allowed else "deny",
-                        desired.clients.defaults))
-        for name, kind, value, policy in entries:
-            live = load.get(name, {})
-            rows.append({
-                "name": name, "identity": {"kind": kind, "value": value[:12] + "..." if kind == "token_sha256" else value},
-                "peers": peers.get(name, []),
-                "policy": {"paths": None if policy.paths is None else list(policy.paths), "models": list(policy.models),
-                           "rpm": policy.rpm, "concurrency": policy.concurrency, "priority": policy.priority},
-                "in_flight": live.get("use", 0), "last_minute": live.get("http_req_rate", 0),
-            })
-        yield {"ok": True, "clients": rows}
+        yield {"ok": True, "clients": client_rows(self.daemon.snapshot().desired, await self.daemon.load())}
 
     async def nodes(self, args: dict[str, Any]) -> Answers:
         """The machines behind this front; `drain` / `undrain` one of them."""
-        fleet = self.sup.fleet
-        if not fleet.active:
-            raise AiServerError("this ai-server fronts no nodes (no [[node]] in ai-server.toml)")
-        action, name = args.get("action"), str(args.get("name") or "")
-        if action in ("drain", "undrain"):
-            await fleet.set_drained(name, action == "drain")
-        yield {"ok": True, "nodes": await asyncio.to_thread(fleet.snapshot)}
+        action = args.get("action")
+        rows = await self.daemon.nodes(str(action) if action else None, str(args.get("name") or ""))
+        yield {"ok": True, "nodes": rows}
 
     async def warm(self, args: dict[str, Any]) -> Answers:
         models = [str(m) for m in args.get("models") or []]
-        async for message in self.sup.engine.warm(models, bool(args.get("pull", True))):
+        async for message in self.daemon.warm(models, bool(args.get("pull", True))):
             yield message

@@ -5,7 +5,7 @@ backend are ready, their maxconn, and which backend a model goes to. No reload."
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -22,11 +22,14 @@ DISCOVERY_TIMEOUT = httpx.Timeout(3.0)
 
 
 class Fleet:
-    def __init__(self, paths: Paths, local_url: Callable[[], str | None], local_slots: Callable[[], int]):
+    """The one owner of the node maps: it builds them (for haproxy.cfg's files and for the
+    running proxy) and swaps them in."""
+
+    def __init__(self, paths: Paths):
         self.paths = paths
-        self._local_url, self._local_slots = local_url, local_slots
         self.states: dict[str, nodes.NodeState] = {}
         self.urls: dict[str, str] = {}
+        self.local_slots = 4
         self.assignment: dict[str, str] = {}
         self.applied: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
@@ -45,13 +48,15 @@ class Fleet:
         for name in wanted:
             self.states.setdefault(name, nodes.NodeState(name))
         self.urls = wanted
+        self.local_slots = cfg.engine.slots
 
     @property
     def active(self) -> bool:
         return bool(self.states)
 
     def maps(self) -> list[MapFile]:
-        return maps.node_maps(self.assignment, nodes.union(self.states.values()))
+        """Where models go and the front's union answers; none when this fronts no nodes."""
+        return maps.node_maps(self.assignment, nodes.union(self.states.values())) if self.active else []
 
     def render_states(self) -> tuple[tuple[tuple[str, str], str], ...]:
         return tuple(sorted(nodes.server_states(self.assignment, self.states.values()).items()))
@@ -61,12 +66,14 @@ class Fleet:
 
     # -- keeping it current ------------------------------------------------------------------------
 
-    async def refresh(self, proxy_running: bool) -> bool:
-        """Read every node; tell the running proxy. True when where models go changed."""
+    async def refresh(self, proxy_running: bool, local_url: str | None) -> bool:
+        """Read every node (`local_url`: this machine's engine, when it runs); tell the running
+        proxy (when it does not answer, everything is set again at the next refresh). True when
+        where models go changed."""
         if not self.active:
             return False
         async with self._lock:
-            await asyncio.gather(*(self._discover(name) for name in self.states))
+            await asyncio.gather(*(self._discover(name, local_url) for name in self.states))
             before = dict(self.assignment)
             every = {model for state in self.states.values() for model in state.models}
             self.assignment = nodes.assign(self.assignment, every)
@@ -75,16 +82,20 @@ class Fleet:
                 self.log.warning("nodes_too_many_models", models=dropped[:10], count=len(dropped),
                                  reason=f"a front routes at most {MODEL_BACKENDS} models")
             if proxy_running:
-                await asyncio.to_thread(self.apply)
+                try:
+                    await asyncio.to_thread(self.apply)
+                except HaproxyRuntimeError as err:
+                    self.forget_applied()
+                    self.log.warning("nodes_apply_failed", error=str(err), reason="trying again at the next read")
             return self.assignment != before
 
-    async def _discover(self, name: str) -> None:
+    async def _discover(self, name: str, local_url: str | None) -> None:
         state = self.states[name]
-        url = self.urls.get(name) or self._local_url()
+        url = self.urls.get(name) or local_url
         if not url:
             state.last_error = "the local engine is not running"
             return
-        slots = self._local_slots() if name == LOCAL_NODE else None
+        slots = self.local_slots if name == LOCAL_NODE else None
         async with httpx.AsyncClient(base_url=url, timeout=DISCOVERY_TIMEOUT) as client:
             await nodes.discover(client, state, slots)
 
@@ -128,7 +139,7 @@ class Fleet:
 
     # -- seeing it ---------------------------------------------------------------------------------
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[dict[str, Any]]:
         """Each node: health, models (loaded or not), in flight, queue, last error. Blocking."""
         try:
             rows = runtime.stats(self.paths.haproxy_stats_socket)

@@ -174,12 +174,9 @@ def node_maps(assignment: dict[str, str], answers: dict[str, str]) -> list[MapFi
 
 
 def every_map(allowlist: Allowlist, addresses: Iterable[str], port: int, names: Iterable[str], clients: Clients,
-              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = (),
-              assignment: dict[str, str] | None = None, answers: dict[str, str] | None = None) -> list[MapFile]:
-    """Every map haproxy.cfg reads, in the order they are swapped in: the allowlist's routes
-    before its paths, then Host names, then who may use what, then where models go."""
-    files = [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
-             *client_maps(clients, allowlist, peers, ollama), fronts_map(fronts)]
-    if assignment is not None:  # fronting [[node]]s: the config reads these too
-        files += node_maps(assignment, answers or {"v1": "-", "tags": "-", "list": "[]"})
-    return files
+              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = ()) -> list[MapFile]:
+    """Every map haproxy.cfg reads but the node maps (node_maps: a front's, built by its
+    Fleet), in the order they are swapped in: the allowlist's routes before its paths, then
+    Host names, then who may use what."""
+    return [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
+            *client_maps(clients, allowlist, peers, ollama), fronts_map(fronts)]

@@ -18,7 +18,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ai_server.children.proxy import Load
+from ai_server.children.states import State
 from ai_server.observe.records import Ended, Record
+from ai_server.observe.snapshot import Snapshot
 
 # Seconds: LLM requests run from milliseconds (a model list) to minutes (a long generation).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -81,6 +84,18 @@ class Live:
     audit_age_s: float | None = None
     proxy_requests: int | None = None
     engine: list[tuple[str, str, str, dict[str, str], float]] = field(default_factory=list)  # name, type, help, labels, value
+
+
+def live(snapshot: Snapshot, load: Load | None, engine: list[tuple[str, str, str, dict[str, str], float]]) -> Live:
+    """The gauges of one scrape, from the daemon's snapshot, what HAProxy carries now (None
+    when it does not answer) and the engine's own samples."""
+    out = Live(children=[(c.name, c.state == State.RUNNING, c.restarts) for c in snapshot.children],
+               slots=snapshot.slots, warm=[(w.model, w.state, w.seconds) for w in snapshot.warm],
+               audit_age_s=snapshot.audit_age_s, engine=engine)
+    if load is not None:
+        out.inflight, out.queued, out.oldest_wait_s = load.inflight, load.queued, load.oldest_wait_s
+        out.clients_inflight, out.proxy_requests = load.clients, load.requests_total
+    return out
 
 
 def _escape(value: str) -> str:
@@ -202,3 +217,19 @@ def engine_samples(text: str, model: str) -> list[tuple[str, str, str, dict[str,
             out.append((name, kind if kind in ("counter", "gauge") else "untyped",
                         helps.get(raw, "From the engine.").replace("\n", " "), {"model": model}, number))
     return out
+
+
+# -- where it is served ------------------------------------------------------------------------------
+
+
+def addresses(listen: tuple[str, ...], tailnet: tuple[str, ...]) -> list[tuple[str, int]]:
+    """Where /metrics is served: each "ADDRESS:PORT" of [metrics] listen, and "tailscale" as
+    every tailnet address on DEFAULT_PORT."""
+    wanted: list[tuple[str, int]] = []
+    for item in listen:
+        if item == "tailscale":
+            wanted += [(a, DEFAULT_PORT) for a in tailnet]
+        else:
+            host, _, port = item.rpartition(":")
+            wanted.append((host.strip("[]"), int(port)))
+    return list(dict.fromkeys(wanted))

@@ -1,0 +1,101 @@
+"""The supervisor's background loops, each a plain function of what it watches and what it
+calls. The supervisor wires them up (Supervisor._background) and cancels them at shutdown.
+
+A loop that runs for the life of the daemon must survive a bug in one round: it logs the
+exception and goes on (`every`, and `reload` callables that guard themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ai_server import desired as desired_mod
+from ai_server.base import logs
+from ai_server.desired import Desired
+from ai_server.haproxy import tls
+from ai_server.observe.alerts import Alerts, Seen
+from ai_server.observe.webhook import Deliverer
+
+CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml", "clients.toml"})
+TAILNET_POLL_S = 5.0
+
+Reload = Callable[[str], Awaitable[None]]
+
+
+async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload) -> None:
+    """A reload for every save (editors save by renaming; watchfiles sees that too)."""
+    import watchfiles
+
+    config_dir.mkdir(parents=True, exist_ok=True)
+    async for changes in watchfiles.awatch(config_dir, debounce=100, step=50, stop_event=stop,
+                                           watch_filter=lambda _, p: os.path.basename(p) in CONFIG_FILES):
+        files = sorted({os.path.basename(p) for _, p in changes})
+        await reload(f"saved {', '.join(files)}")
+
+
+async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:
+    """A reload each time `wanted` is set (SIGHUP's handler only sets it)."""
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        await reload(why)
+
+
+async def follow_tailnet(current: Callable[[], Desired], reload: Reload) -> None:
+    """A reload when the tailnet addresses, names or peers change: the proxy binds a new
+    address when it appears, and never falls back to anything else."""
+    log = logs.get()
+    while True:
+        await asyncio.sleep(TAILNET_POLL_S)
+        old = current()
+        # The tailnet's peers matter as soon as clients.toml names one.
+        if "tailscale" not in old.config.proxy.listen and not old.clients.clients:
+            continue
+        now = await asyncio.to_thread(desired_mod.with_tailnet, old)
+        if (now.addresses, now.names, now.tailnet_problem, now.peers) != (
+                old.addresses, old.names, old.tailnet_problem, old.peers):
+            log.info("tailnet_changed", old=list(old.addresses), new=list(now.addresses), names=list(now.names),
+                     problem=now.tailnet_problem, peers=len(now.peers))
+            await reload("tailnet changed")
+
+
+async def every(seconds: float, work: Callable[[], Awaitable[None]], what: str) -> None:
+    """`work` now and then every `seconds`; a bug in one round must not stop it for good."""
+    log = logs.get()
+    while True:
+        try:
+            await work()
+        except Exception:
+            log.exception(f"{what}_failed")
+        await asyncio.sleep(seconds)
+
+
+async def renew_certificate(ready: Callable[[], bool], wanted: Callable[[], bool], reload: Reload) -> None:
+    """`tailscale cert` every 12 hours (it renews before expiry; a new one is swapped in), and
+    every minute while the proxy waits for its first one."""
+    while True:
+        await asyncio.sleep(tls.RENEW_EVERY_S if ready() else tls.RETRY_S)
+        if wanted():
+            await reload("certificate renewal")
+
+
+ALERTS_EVERY_S = 1.0
+
+
+async def watch_alerts(alerts: Alerts, seen: Callable[[], Awaitable[Seen]], webhook: Deliverer) -> None:
+    """Every second: the conditions over what the supervisor sees; each change logged and sent."""
+    log = logs.get()
+    while True:
+        try:
+            for change in alerts.observe(await seen()):
+                alert = change.alert
+                level = "info" if change.state == "resolved" else ("error" if alert.severity == "critical" else "warning")
+                getattr(log, level)("alert", condition=alert.condition, state=change.state, message=change.message,
+                                    subject=alert.subject, severity=alert.severity)
+                webhook.send(change)
+        except Exception:  # a bug here must not end alerting for good
+            log.exception("alerts_failed")
+        await asyncio.sleep(ALERTS_EVERY_S)
