@@ -34,6 +34,10 @@ def dash(make_stack: Any) -> Iterator[tuple[Stack, str, Path]]:
     yield stack, f"http://127.0.0.1:{port}/", hold
 
 
+def row_ids(driver: Any) -> list[str]:
+    return list(driver.execute_script("return [...document.querySelectorAll('#rows tr')].map(r => r.id);"))
+
+
 def text_of(driver: Any, element_id: str) -> str:
     return str(driver.find_element("id", element_id).text)
 
@@ -62,7 +66,8 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
     with browser() as driver:
         driver.get(url)
         wait_for(lambda: text_of(driver, "live") == "live", 10, what="the event stream connected")
-        assert [r.get_attribute("id") for r in driver.find_elements("css selector", "#rows tr")] == ["r2", "r1"]  # newest on top
+        # The stream's first event holds every row; 'live' shows as soon as it opens, maybe before.
+        assert wait_for(lambda: row_ids(driver), 5, what="the rows pushed") == ["r2", "r1"]   # newest on top
         hold.touch()
         answers: list[int] = []
 
@@ -75,11 +80,11 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
         thread = threading.Thread(target=generate)
         thread.start()
         try:
-            row = wait_for(lambda: next(iter(driver.find_elements("css selector", "#rows tr.pending")), None), 2,
-                           interval=0.05, what="the generation's row, within 2 s of its start")
-            row_id = row.get_attribute("id")
-            assert driver.find_elements("css selector", "#rows tr")[0].get_attribute("id") == row_id   # newest on top
-            assert "laptop" in row.text and "smollm2:135m" in row.text
+            pending = "return [...document.querySelectorAll('#rows tr.pending')].map(r => [r.id, r.innerText]);"
+            row_id, text = wait_for(lambda: next(iter(driver.execute_script(pending)), None), 2, interval=0.05,
+                                    what="the generation's row, within 2 s of its start")
+            assert row_ids(driver) == [row_id, "r2", "r1"]   # newest on top
+            assert "laptop" in text and "smollm2:135m" in text
             calling = text_of(driver, "calling")
             assert "laptop" in calling and "smollm2:135m" in calling
         finally:
@@ -88,8 +93,9 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
         assert answers == [200]
 
         def finished() -> str | None:
-            found = driver.find_elements("id", row_id)
-            return found[0].text if found and "pending" not in (found[0].get_attribute("class") or "") else None
+            # Read in one go in the page: the row is replaced, not changed, when its record arrives.
+            return driver.execute_script("const row = document.getElementById(arguments[0]);"
+                                         "return row && !row.classList.contains('pending') ? row.innerText : null;", row_id)
 
         done = wait_for(finished, 5, what="the same row filled in")
         cells = done.split()
