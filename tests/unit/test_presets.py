@@ -83,3 +83,13 @@ def test_the_command_lists_and_refuses_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in bare.stderr + unknown.stderr
     added = cli("anthropic")
     assert added.returncode == 0 and "allowed POST /v1/messages/count_tokens" in added.stdout
+
+
+def test_removing_what_a_preset_added_gives_the_file_back(tmp_path: Path) -> None:
+    target = tmp_path / "allowlist.toml"
+    original = default_text("allowlist.toml")
+    target.write_text(original)
+    presets.apply(target, "embeddings")
+    for rule in reversed(presets.PRESETS["embeddings"].rules):
+        allowlist.remove_rule(target, rule.path)
+    assert target.read_text() == original

@@ -263,6 +263,11 @@ def remove_rule(path: Path, rule_path: str) -> str:
     for index, table in enumerate(rules):
         if table["path"] == rule_path:
             del rules[index]
+            if index == len(rules) and len(rules):
+                # The blank line add_rules put after what is now the last rule: the file ends as it did.
+                body = rules[-1].value.body
+                while body and isinstance(body[-1][1], Whitespace):
+                    body.pop()
             _write(path, document)
             return f"removed {rule_path}"
     raise ConfigError(str(path), f"no rule has path {rule_path!r}", key="path")
