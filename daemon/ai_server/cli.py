@@ -177,7 +177,7 @@ def cmd_tail(paths: Paths, args: argparse.Namespace) -> int:
 def cmd_allow(paths: Paths, args: argparse.Namespace) -> int:
     target = paths.allowlist_file
     if args.allow_command == "list":
-        rules = allowlist.load(paths.config_dir).rules
+        rules = allowlist.read(paths.config_dir).rules
         width = max((len(r.path) for r in rules), default=4)
         for rule in rules:
             print(f"{rule.path:<{width}}  {', '.join(rule.methods)}")
@@ -275,7 +275,7 @@ def cmd_dashboard(paths: Paths, args: argparse.Namespace) -> int:
     import os
     import webbrowser
 
-    url = dashboard_url(config_mod.load(paths.config_dir), _tailnet_name)
+    url = dashboard_url(config_mod.read(paths.config_dir), _tailnet_name)
     if url is None:
         raise AiServerError("[metrics] listen is \"tailscale\" and this machine has no tailnet address yet")
     print(url)
@@ -306,7 +306,7 @@ def cmd_version(paths: Paths, args: argparse.Namespace) -> int:
     from ai_server.daemon import preflight
     from ai_server.engines import engine_for
 
-    cfg = config_mod.load(paths.config_dir)
+    cfg = config_mod.read(paths.config_dir)
     print(f"ai-server {__version__}")
     haproxy_bin = preflight.find_program("haproxy", os.environ)
     print(f"haproxy: {_program_version([haproxy_bin, '-v']) if haproxy_bin else 'not found'}")
@@ -342,7 +342,7 @@ def cmd_install(paths: Paths, args: argparse.Namespace) -> int:
     installer = _installer(args)
     installer.perform(installer.install())
     if not args.dry_run:
-        cfg = config_mod.load(installer.paths.config_dir)
+        cfg = config_mod.read(installer.paths.config_dir)
         print()
         print(ACL_STEPS.format(port=cfg.proxy.port))
     return EXIT_OK

@@ -71,9 +71,9 @@ class Plan:
 def read(config_dir: Path) -> Desired:
     """Both files and the tailnet addresses. Blocking (files, the tailscale CLI): call it off
     the event loop. ConfigError on a bad file."""
-    cfg = config_mod.load(config_dir)
-    rules = allowlist.load(config_dir)
-    return with_tailnet(Desired(cfg, rules, clients=clients_mod.load(config_dir)))
+    cfg = config_mod.read(config_dir)
+    rules = allowlist.read(config_dir)
+    return with_tailnet(Desired(cfg, rules, clients=clients_mod.read(config_dir)))
 
 
 def with_tailnet(desired: Desired) -> Desired:

@@ -29,8 +29,8 @@ def test_shipped_allowlist_is_exactly_the_seed_list() -> None:
 
 
 def test_missing_files_mean_defaults(tmp_path: Path) -> None:
-    assert config.load(tmp_path / "nowhere") == config.Config()
-    assert len(allowlist.load(tmp_path).rules) == 8
+    assert config.read(tmp_path / "nowhere") == config.Config()
+    assert len(allowlist.read(tmp_path).rules) == 8
 
 
 def test_llama_server_kind_gets_its_own_default_command() -> None:
@@ -141,12 +141,12 @@ def test_config_files_must_be_regular_and_small(tmp_path) -> None:
     fifo = tmp_path / "ai-server.toml"
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
-        config.load(tmp_path)  # returns at once: never waits for a writer
+        config.read(tmp_path)  # returns at once: never waits for a writer
     fifo.unlink()
     fifo.write_bytes(b"#" * (tomlfile.MAX_CONFIG_BYTES + 1))
     with pytest.raises(ConfigError, match="at most"):
-        config.load(tmp_path)
+        config.read(tmp_path)
     fifo.unlink()
     (tmp_path / "ai-server.toml").mkdir()
     with pytest.raises(ConfigError, match="not a regular file|cannot read"):
-        config.load(tmp_path)
+        config.read(tmp_path)

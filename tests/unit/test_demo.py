@@ -47,7 +47,7 @@ def test_the_config_folder_holds_all_three_files_commented_and_keeps_edits(tmp_p
         assert path.read_text().startswith("# "), path.name  # commented, from the first line
     text = (where.config / "ai-server.toml").read_text()
     assert config.parse_config(text).engine.command[-4:] == ("--embeddings", "--pooling", "mean", "--metrics")
-    rules = {r.path: r.methods for r in allowlist.load(where.config).rules}
+    rules = {r.path: r.methods for r in allowlist.read(where.config).rules}
     assert rules["/v1/embeddings"] == ("POST",) and rules["/v1/chat/completions"] == ("POST",)
     assert "# OpenAI-compatible API" in (where.config / "allowlist.toml").read_text()  # the shipped comments
     (where.config / "clients.toml").write_text("# mine\n")

@@ -183,7 +183,7 @@ def parse(text: str, label: str = "allowlist.toml") -> Allowlist:
         rules.append(Rule(path=path, methods=upper, line=here))
     return Allowlist(rules=tuple(rules))
 
-def load(config_dir: Path) -> Allowlist:
+def read(config_dir: Path) -> Allowlist:
     text, label = read_text(config_dir / "allowlist.toml")
     return parse(text, label)
 

@@ -223,7 +223,7 @@ def parse(text: str, label: str = "clients.toml") -> Clients:
     return Clients(defaults, unknown == "allow", tuple(clients))
 
 
-def load(config_dir: Path) -> Clients:
+def read(config_dir: Path) -> Clients:
     text, label = read_text(config_dir / "clients.toml")
     return parse(text, label)
 

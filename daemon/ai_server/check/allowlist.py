@@ -17,7 +17,7 @@ BLOCKED = (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/crea
 
 @factory
 def forwarded(ctx: Context) -> Iterable[Check]:
-    for rule in allowlist.load(ctx.paths.config_dir).rules:
+    for rule in allowlist.read(ctx.paths.config_dir).rules:
         method = rule.methods[0]
 
         def test(ctx: Context, method: str = method, rule_path: str = rule.path) -> str:

@@ -74,7 +74,7 @@ def _p90(values: tuple[float, ...]) -> float:
 
 
 def _probe_path(ctx: Context) -> str:
-    rules = allowlist.load(ctx.paths.config_dir)
+    rules = allowlist.read(ctx.paths.config_dir)
     for path in PROBE_PATHS:
         if allowlist.decide(rules, "GET", path) == 0:
             return path

@@ -273,7 +273,7 @@ class Installer:
         """Whether the config (yours, or the shipped default) binds the tailnet: then Tailscale is
         a prerequisite like the engine. A config that does not parse is reported by `run`."""
         try:
-            return "tailscale" in config_mod.load(self.paths.config_dir).proxy.listen
+            return "tailscale" in config_mod.read(self.paths.config_dir).proxy.listen
         except AiServerError:
             return True
 
