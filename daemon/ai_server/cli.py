@@ -11,8 +11,9 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ai_server import __version__
 from ai_server import config as config_mod
@@ -148,7 +149,8 @@ def cmd_warm(paths: Paths, args: argparse.Namespace) -> int:
         if event is not None:
             done = event.get("state") in ("loaded", "failed") and event.get("status") == event.get("state")
             if done:
-                line = f"{event['model']}: {event['state']}" + (f" in {event['seconds']:g}s" if event.get("seconds") is not None else "")
+                took = f" in {event['seconds']:g}s" if event.get("seconds") is not None else ""
+                line = f"{event['model']}: {event['state']}{took}"
                 print(("\r\033[K" if tty else "") + line, flush=True)
             elif tty:
                 print("\r\033[K" + _progress_line(event), end="", flush=True)
@@ -398,10 +400,21 @@ def _demo_hint(paths: Paths) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ai-server", description="Serve a private LLM over Tailscale: HAProxy allowlist in front of a loopback-only engine.")
+    """Every command, in the order `--help` lists them: the supervisor's, who may call, the machine."""
+    parser = argparse.ArgumentParser(prog="ai-server", description="Serve a private LLM over Tailscale: "
+                                     "HAProxy allowlist in front of a loopback-only engine.")
     parser.add_argument("--config-dir", help="folder holding ai-server.toml and allowlist.toml")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _supervisor_commands(sub)
+    _access_commands(sub)
+    _machine_commands(sub)
+    return parser
 
+
+Commands = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _supervisor_commands(sub: Commands) -> None:
     sub.add_parser("run", help="the supervisor, in the foreground").set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="the children's states, then the proxy's")
     p.add_argument("names", nargs="*", metavar="NAME")
@@ -419,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", metavar="WHO", help="only requests from this client (a clients.toml name, or unknown)")
     p.set_defaults(func=cmd_tail)
 
+
+def _access_commands(sub: Commands) -> None:
     p = sub.add_parser("allow", help="list or edit allowlist.toml")
     allow = p.add_subparsers(dest="allow_command", required=True, metavar="list|add|remove|preset")
     allow.add_parser("list")
@@ -439,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = tokens.add_parser("token", help="mint a token for NAME (shown once; stored hashed)")
     t.add_argument("name", metavar="NAME")
 
+
+def _machine_commands(sub: Commands) -> None:
     p = sub.add_parser("nodes", help="the machines behind this front; `nodes drain|undrain NAME`")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nodes, nodes_command=None)
@@ -475,7 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, metavar="N", help="the proxy's port (written to the demo's ai-server.toml)")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,21 +8,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psutil
 
 from ai_server.base import logs
+from ai_server.children import records
 from ai_server.children.context import Context
 from ai_server.children.groups import signal_group, stop_group
 from ai_server.children.lifecycle import Lifecycle, OnTransition, Snapshot
+from ai_server.children.output import Output
 from ai_server.children.states import State
 from ai_server.config import RestartPolicy
-
-_MAX_LINE = 16384
 
 
 class Role(Enum):
@@ -101,7 +101,7 @@ class Child:
         self._kill_reason: str | None = None
         self.create_time: float | None = None
         self.last_audit: float | None = None
-        self.last_output: deque[str] = deque(maxlen=5)
+        self.output = Output(name)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -127,16 +127,8 @@ class Child:
         return self._lc.snapshot()
 
     def record(self) -> dict[str, Any] | None:
-        """What the next supervisor needs to find this process if we die without stopping it:
-        pid, create time and command line, all three checked before it is ever signalled."""
-        if self.pid is None or self.create_time is None:
-            return None
-        try:
-            # As the process shows it now: a wrapper script has exec'd into the real program.
-            argv = psutil.Process(self.pid).cmdline()
-        except psutil.Error:
-            return None
-        return {"pid": self.pid, "create_time": self.create_time, "argv": argv}
+        """This child's entry in children.json (records.entry), None when it is not running."""
+        return records.entry(self.pid, self.create_time)
 
     async def start(self, reason: str, fresh: bool = False) -> None:
         if self._ctx.mood.shutting_down:
@@ -208,7 +200,7 @@ class Child:
             timeout = None if deadline is None else max(0.0, deadline - self._lc.clock())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             if self._ctx.mood.shutting_down:
@@ -226,7 +218,7 @@ class Child:
 
     async def _spawn_now(self) -> None:
         spec = self._spec()
-        self.last_output.clear()
+        self.output.last.clear()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv, env=spec.env, cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
@@ -249,8 +241,8 @@ class Child:
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None and proc.stderr is not None
-        pumps = [asyncio.create_task(self._pump(proc.stdout, "stdout")),
-                 asyncio.create_task(self._pump(proc.stderr, "stderr"))]
+        pumps = [asyncio.create_task(self.output.pump(proc.stdout, "stdout")),
+                 asyncio.create_task(self.output.pump(proc.stderr, "stderr"))]
         ready = asyncio.create_task(self._become_ready(proc))
         returncode = await proc.wait()
         ready.cancel()
@@ -262,8 +254,8 @@ class Child:
         self._proc = None
         self.create_time = None
         how = describe_exit(returncode)
-        if self.last_output and self._lc.state == State.STARTING:
-            how += f"; last output: {self.last_output[-1][:300]}"
+        if self.output.last and self._lc.state == State.STARTING:
+            how += f"; last output: {self.output.last[-1][:300]}"
         if self._kill_reason is not None and self._lc.state == State.STARTING:
             self._lc.start_failed(self._kill_reason)
         else:
@@ -306,26 +298,6 @@ class Child:
             await asyncio.sleep(self.audit_every)
             if not await self._audited(proc):
                 return
-
-    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
-        pending = b""
-        while chunk := await stream.read(65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._emit(name, line)
-            if len(pending) > _MAX_LINE:
-                self._emit(name, pending)
-                pending = b""
-        if pending:
-            self._emit(name, pending)
-
-    def _emit(self, stream: str, raw: bytes) -> None:
-        line = raw[:_MAX_LINE].decode("utf-8", "replace").rstrip("\r")
-        if not line:
-            return
-        self.last_output.append(line)
-        self._log.info("output", process=self.name, stream=stream, line=line)
 
     def _transitioned(self, name: str, old: State, new: State, reason: str) -> None:
         log_transition(name, old, new, reason)

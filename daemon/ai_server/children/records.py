@@ -48,6 +48,19 @@ def write(path: Path, children: dict[str, dict[str, Any] | None]) -> None:
     atomic_write(path, json.dumps(data))
 
 
+def entry(pid: int | None, create_time: float | None) -> dict[str, Any] | None:
+    """What the next supervisor needs to find a child if we die without stopping it: pid,
+    create time and command line, all three checked before it is ever signalled."""
+    if pid is None or create_time is None:
+        return None
+    try:
+        # As the process shows it now: a wrapper script has exec'd into the real program.
+        argv = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return None
+    return {"pid": pid, "create_time": create_time, "argv": argv}
+
+
 class Book:
     """children.json, kept current by the children themselves: each one puts its own record
     as it spawns and exits, so the file always names every process that is ours right now.

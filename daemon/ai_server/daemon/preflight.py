@@ -7,8 +7,9 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -117,16 +118,16 @@ def check(desired: Desired, environ: Mapping[str, str], running: Desired | None 
     the addresses it binds are free. At launch (`running` None) every address is checked; on
     a reload only those the running children do not hold already."""
     cfg = desired.config
-    kind = engine_for(cfg.engine.kind)
+    driver = engine_for(cfg.engine.kind)
     proxied = cfg.proxy.enabled
     haproxy = require_program("haproxy", "HAProxy", haproxy_hint(), environ) if proxied else ""
-    if kind.kind == "none":
+    if driver.kind == "none":
         engine = ""
     else:
-        engine = require_program(cfg.engine.command[0], kind.kind, kind.install_hint, environ)
+        engine = require_program(cfg.engine.command[0], driver.kind, driver.install_hint, environ)
     bind = desired.engine_bind
-    if kind.kind != "none" and bind is not None and (running is None or bind != running.engine_bind):
-        check_bindable(*bind, f"engine ({kind.kind})", "engine.port" if proxied else "proxy.listen / proxy.port")
+    if driver.kind != "none" and bind is not None and (running is None or bind != running.engine_bind):
+        check_bindable(*bind, f"engine ({driver.kind})", "engine.port" if proxied else "proxy.listen / proxy.port")
     if proxied:
         held = () if running is None or running.config.proxy.port != cfg.proxy.port else running.addresses
         for address in desired.addresses:
