@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ai_server import __version__
 from ai_server import config as config_mod
@@ -22,6 +22,9 @@ from ai_server.base import logs
 from ai_server.base.errors import AiServerError, NotRunning
 from ai_server.base.paths import Paths, resolve
 from ai_server.daemon import control
+
+if TYPE_CHECKING:  # imported where it is used, as each command imports its own modules
+    from ai_server.install.installer import Installer
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING_CHILD, EXIT_NO_SUPERVISOR = 0, 1, 2, 3, 4
 # `status`: everything runs, but a config file is broken and the last good config is in force.
@@ -164,7 +167,10 @@ def cmd_warm(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_tail(paths: Paths, args: argparse.Namespace) -> int:
     pretty = sys.stdout.isatty()
-    emit = (lambda line: print(logs.render(line), flush=True)) if pretty else (lambda line: print(line, flush=True))
+
+    def emit(line: str) -> None:
+        print(logs.render(line) if pretty else line, flush=True)
+
     for line in logs.last_lines(paths.log_file, args.lines, args.name, args.client):
         emit(line)
     if args.follow:
@@ -328,7 +334,7 @@ def cmd_check(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_FAIL if any(r.outcome == "FAIL" for r in results) else EXIT_OK
 
 
-def _installer(args: argparse.Namespace):
+def _installer(args: argparse.Namespace) -> Installer:
     from ai_server.install.installer import Installer
     from ai_server.install.system import System
 
@@ -411,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-Commands = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _supervisor_commands(sub: Commands) -> None:
@@ -497,8 +503,9 @@ def _machine_commands(sub: Commands) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = resolve(args.config_dir)
+    command: Callable[[Paths, argparse.Namespace], int] = args.func
     try:
-        return args.func(paths, args)
+        return command(paths, args)
     except AiServerError as err:
         print(f"ai-server: {err}", file=sys.stderr)
         return EXIT_NO_SUPERVISOR if isinstance(err, NotRunning) and args.command == "status" else EXIT_FAIL

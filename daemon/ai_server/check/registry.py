@@ -8,8 +8,9 @@ inside one check is that check's FAIL, with the error; the run goes on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
 
@@ -60,7 +61,8 @@ class Context:
             raise Skip("no status from the supervisor")
         for child in self.status["children"]:
             if child["name"] == role or (role == "engine" and child["name"] != "haproxy"):
-                return child
+                found: dict[str, Any] = child
+                return found
         if role == "engine" and self.status["proxy"].get("nodes") and not self.status["proxy"].get("engine_listen"):
             raise Skip("this machine only fronts [[node]]s (engine.kind = \"none\"): run `ai-server check` on each node")
         raise Fail(f"no {role} child in the supervisor's status")

@@ -22,7 +22,7 @@ from ai_server.engines import engine_for
 from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import maps, runtime, tls
 from ai_server.haproxy.maps import MapFile
-from ai_server.haproxy.render import PRIORITY_CLASSES
+from ai_server.haproxy.render import PRIORITY_CLASSES, RenderInput
 
 # HAProxy itself starts in well under a second; this only bounds a hung start.
 START_TIMEOUT = 30.0
@@ -171,8 +171,8 @@ class ProxyChild:
                 return False
         return True
 
-    def render_input(self, desired: Desired) -> haproxy.RenderInput:
-        return haproxy.RenderInput(config=desired.config, addresses=desired.addresses,
+    def render_input(self, desired: Desired) -> RenderInput:
+        return RenderInput(config=desired.config, addresses=desired.addresses,
                                    engine_health_path=engine_for(desired.config.engine.kind).health_path,
                                    lua=self.hold.available,
                                    tls=desired.config.proxy.tls == "tailscale" and self.tls_ready,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any
 
 import httpx
 
@@ -81,7 +82,7 @@ async def discover(client: httpx.AsyncClient, state: NodeState, slots: int | Non
         state.last_error = f"{type(err).__name__}: {err}"[:300]
 
 
-def _json(response: httpx.Response) -> dict:
+def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         data = response.json()
     except ValueError:
@@ -133,5 +134,6 @@ def union(states: Iterable[NodeState]) -> dict[str, str]:
     ordered = sorted(names.values(), key=str.lower)
     v1 = {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "ai-server"} for n in ordered]}
     tags = {"models": [{"name": n, "model": n} for n in ordered]}
-    compact = {"separators": (",", ":")}
-    return {"v1": json.dumps(v1, **compact), "tags": json.dumps(tags, **compact), "list": json.dumps(ordered, **compact)}
+    compact = (",", ":")
+    return {"v1": json.dumps(v1, separators=compact), "tags": json.dumps(tags, separators=compact),
+            "list": json.dumps(ordered, separators=compact)}

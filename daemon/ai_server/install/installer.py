@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ai_server import config as config_mod
 from ai_server.base import tomlfile
@@ -213,7 +213,7 @@ class Installer:
 
     def _retire_macos(self, brew: str) -> list[Action]:
         """What would fight ai-server for the ports: the seed's agents, brew services, the app."""
-        s, actions = self.system, []
+        s, actions = self.system, list[Action]()
         for label in launchd.OLD_AGENTS:
             old = launchd.plist_path(s.home, label)
             if old.exists():
@@ -280,7 +280,7 @@ class Installer:
     # -- uninstall -----------------------------------------------------------------------------
 
     def uninstall(self) -> list[Action]:
-        s, actions = self.system, []
+        s, actions = self.system, list[Action]()
         platform = s.platform()
         if platform == "darwin":
             plist = launchd.plist_path(s.home)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import plistlib
 import re
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
 from ai_server.base.errors import InstallError
 
@@ -17,9 +18,10 @@ PATH = "/opt/homebrew/bin:/opt/homebrew/sbin:/usr/local/bin:/usr/local/sbin:/usr
 OLD_AGENTS = ("com.ollama", "com.haproxy")
 
 
-def template() -> dict:
+def template() -> dict[str, Any]:
     data = resources.files("ai_server").joinpath("templates", f"{LABEL}.plist").read_bytes()
-    return plistlib.loads(data)
+    plist: dict[str, Any] = plistlib.loads(data)
+    return plist
 
 
 def render(program: Sequence[str], environment: Mapping[str, str], log_dir: Path) -> bytes:
