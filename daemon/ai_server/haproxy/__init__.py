@@ -8,8 +8,9 @@ replaces what the running proxy uses.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-from dataclasses import replace
+import tempfile
 from pathlib import Path
 
 from ai_server.base.errors import HaproxyConfigError
@@ -20,7 +21,8 @@ from ai_server.haproxy.maps import MapFile
 from ai_server.haproxy.render import RenderInput, render
 
 CONFIG = "haproxy.cfg"
-TRIAL = ".new"
+# The folder (in the state dir) where a new config is checked before it replaces the old.
+TRIAL_DIR = ".trial-"
 
 
 def has_lua(program: str) -> bool:
@@ -36,38 +38,34 @@ def check(program: str, path: Path) -> None:
     result = subprocess.run([program, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30,
                             cwd=path.parent)
     if result.returncode != 0:
-        lines = [l.strip() for l in (result.stderr + result.stdout).splitlines() if l.strip()]
-        complaints = [l for l in lines if "ALERT" in l] or lines or [f"exit status {result.returncode}"]
+        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        complaints = [line for line in lines if "ALERT" in line] or lines or [f"exit status {result.returncode}"]
         raise HaproxyConfigError(f"haproxy -c rejected the generated config: {complaints[0]}")
 
 
 def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir: Path) -> bool:
     """haproxy.cfg and the maps, checked together before any replaces what the proxy runs on.
     True when haproxy.cfg itself changed (a reload is needed); False when only the maps did
-    (runtime.swap applies them live)."""
+    (runtime.swap applies them live).
+
+    haproxy.cfg is rendered once: `haproxy -c` checks that very text in a trial folder inside
+    the state dir, beside the new maps and Lua under their own names (the config names every
+    file relative to its own folder: default-path config), so what was checked is what runs."""
     ollama = spec.config.engine.kind == "ollama" and not spec.config.fronting
-    for item in map_files:
-        atomic_write(state_dir / (item.name + TRIAL), item.text())
+    text = render(spec)
+    generated = {item.name: item.text() for item in map_files}
     if spec.lua:
-        atomic_write(state_dir / (LUA + TRIAL), lua(spec.config.proxy.queue_timeout, ollama, TRIAL))
+        generated[LUA] = lua(spec.config.proxy.queue_timeout, ollama)
         if not (state_dir / maps.HOLD).exists():
             atomic_write(state_dir / maps.HOLD, maps.hold_map(False).text())
-    trial = state_dir / (CONFIG + ".trial")
-    atomic_write(trial, render(replace(spec, map_suffix=TRIAL)))
+    trial = Path(tempfile.mkdtemp(prefix=TRIAL_DIR, dir=state_dir))
     try:
-        check(program, trial)
-    except BaseException:
-        for item in map_files:
-            (state_dir / (item.name + TRIAL)).unlink(missing_ok=True)
-        raise
+        _stage_trial(trial, state_dir, generated, text)
+        check(program, trial / CONFIG)
+        for name in generated:
+            os.replace(trial / name, state_dir / name)
     finally:
-        trial.unlink(missing_ok=True)
-        (state_dir / (LUA + TRIAL)).unlink(missing_ok=True)
-    for item in map_files:
-        os.replace(state_dir / (item.name + TRIAL), state_dir / item.name)
-    if spec.lua:
-        atomic_write(state_dir / LUA, lua(spec.config.proxy.queue_timeout, ollama))
-    text = render(spec)
+        shutil.rmtree(trial, ignore_errors=True)
     target = state_dir / CONFIG
     try:
         changed = target.read_text(encoding="utf-8") != text
@@ -76,6 +74,17 @@ def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir
     if changed:
         atomic_write(target, text)
     return changed
+
+
+def _stage_trial(trial: Path, state_dir: Path, generated: dict[str, str], text: str) -> None:
+    """The trial folder: the generated files, haproxy.cfg, and a link to every other file of
+    the state dir the config may name (the hold map, the certificate), as HAProxy will see them."""
+    for name, content in generated.items():
+        atomic_write(trial / name, content)
+    atomic_write(trial / CONFIG, text)
+    for entry in state_dir.iterdir():
+        if entry.name not in generated and entry.name != CONFIG and entry.is_file() and not entry.is_symlink():
+            (trial / entry.name).symlink_to(Path("..") / entry.name)
 
 
 def set_hold_file(state_dir: Path, on: bool) -> None:
