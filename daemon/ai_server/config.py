@@ -314,8 +314,9 @@ class NodeConfig:
 
     @property
     def host(self) -> str:
+        """The IP, as ipaddress writes it: haproxy.cfg gets the parsed address, not the text typed."""
         found = _NODE_URL.fullmatch(self.url)
-        return found.group(1).strip("[]") if found else ""
+        return str(ipaddress.ip_address(found.group(1).strip("[]"))) if found else ""
 
     @property
     def port(self) -> int:

@@ -1,9 +1,11 @@
 """haproxy.cfg, rendered from config (pure). Meant to be read: every block says why it is there.
 
-It sticks to syntax HAProxy 2.6 (Debian 12) and 3.x (Homebrew) both accept, and holds no text a
-user wrote: addresses are parsed IPs, numbers are numbers, and every file and socket is named
-relative to the state dir, where HAProxy runs (so a folder name with '$' or quotes in it never
-meets HAProxy's config parser). Rules and names live in the map files (maps.py).
+It sticks to syntax HAProxy 2.6 (Debian 12) and 3.x (Homebrew) both accept. The text in it is
+ours: addresses are parsed IPs written back by ipaddress, numbers are numbers, every file and
+socket is named relative to the state dir, where HAProxy runs (so a folder name with '$' or
+quotes in it never meets HAProxy's config parser), and rules and names live in the map files
+(maps.py). The one kind of configuration text it holds is a front's node names, validated as
+[A-Za-z0-9][A-Za-z0-9._-]{0,31} (config.py). tests/unit/test_render_user_text.py holds it to this.
 """
 
 from __future__ import annotations
@@ -535,7 +537,7 @@ def _node_backends(spec: RenderInput) -> list[str]:
     for node in cfg.nodes:
         lines += [
             f"backend node_{node.name}",
-            f"    # {node.name} ({node.url}): its health. A node that stops answering is out within 2 s, back",
+            f"    # {node.name} ({node.address}): its health. A node that stops answering is out within 2 s, back",
             "    # within a few once it answers again. Its proxy answering (even 403) means it serves.",
             "    option httpchk",
             f"    http-check send meth GET uri /v1/models ver HTTP/1.1 hdr Host {node.address}",
