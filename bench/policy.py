@@ -91,7 +91,7 @@ def bodies(prompt: str) -> list[tuple[str, str]]:
     """A long prompt; a coding prompt (source code: newlines and quotes escaped); a Claude
     Code-like request of 700 tool results; and the worst a client could send: 240,000 tiny
     strings, each one a turn of the Lua loop."""
-    source = (ROOT / "daemon" / "ai_server" / "supervisor.py").read_text()
+    source = (ROOT / "daemon" / "ai_server" / "daemon" / "supervisor.py").read_text()
     code = json.dumps({"messages": [{"role": "user", "content": (source * 200)[:2 << 20]}], "model": "qwen2.5-coder:32b"})
     tools = json.dumps({"model": "qwen2.5-coder:32b", "max_tokens": 1000, "messages": [{"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": f"t{i}", "content": source[:3000]} for i in range(700)]}]})

@@ -66,6 +66,13 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
             lines.append(f"allowlist: {proxy['rules']} rules, loaded {proxy['loaded_at']}")
         if proxy.get("nodes"):
             lines.append(f"nodes: {', '.join(proxy['nodes'])} (`ai-server nodes`: their state and models)")
+        tailnet = proxy.get("tailnet") or {}
+        if tailnet.get("stale_since"):
+            lines.append(f"tailnet: `tailscale status` failing since {tailnet['stale_since']}; who is calling is "
+                         f"as it said before then ({printable(str(tailnet.get('problem')))})")
+        elif tailnet.get("known") is False:
+            lines.append("tailnet: who is calling is not known yet: tailnet callers without a token get 503 "
+                         f"({printable(str(tailnet.get('problem')))})")
         load = data.get("load")
         if load:
             queued = ", ".join(f"{c} {n}" for c, n in load["queued"].items())
@@ -233,10 +240,16 @@ def cmd_clients(paths: Paths, args: argparse.Namespace) -> int:
         limits = ", ".join(f"{k} {policy[k]}" for k in ("rpm", "concurrency") if policy[k]) or "no limits"
         paths_text = "all paths" if policy["paths"] is None else f"{len(policy['paths'])} paths"
         print(f"{row['name']:<{width}}{row['in_flight']} in flight, {row['last_minute']} in the last minute; "
-              f"{who}; {paths_text}; models {' '.join(policy['models'])}; {limits}; {policy['priority']}")
+              f"{printable(who)}; {paths_text}; models {' '.join(policy['models'])}; {limits}; {policy['priority']}")
         for peer in row["peers"]:
-            print(f"{'':<{width}}  {peer['device']} {' '.join(peer['addresses'])}")
+            print(f"{'':<{width}}  {printable(peer['device'])} {' '.join(peer['addresses'])}")
     return EXIT_OK
+
+
+def printable(text: str) -> str:
+    """Text a device chose (its HostName, say) for a terminal: control bytes as \\xNN, so a
+    name cannot move the cursor, recolour or retitle the terminal it is shown in."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def cmd_nodes(paths: Paths, args: argparse.Namespace) -> int:

@@ -187,9 +187,15 @@ class ProxyConfig:
                    check=_one_of("off", "tailscale"))
     drain_timeout: float = key(10.0, "seconds in-flight responses may take to finish when the proxy stops or reloads",
                                check=_at_least_zero)
-    max_body_bytes: int = key(64 * MIB, "largest request body, MiB (at most 200); larger gets 413", toml="max_body_mb",
+    max_body_bytes: int = key(32 * MIB, "largest request body, MiB (at most 200); larger gets 413", toml="max_body_mb",
                               kinds=(int, float), check=lambda v: None if 0 < v <= 200 else "must be more than 0 and at most 200",
                               read=lambda v: int(v * MIB), write=lambda b: b / MIB)
+    # HAProxy holds a body whole while the model check reads it: this bounds them all together.
+    body_memory_bytes: int = key(
+        512 * MIB, "MiB that bodies over 64 KiB may take in HAProxy at once; one that would go over gets 503, unread",
+        toml="body_memory_mb", kinds=(int, float),
+        check=lambda v: None if 0 < v <= 1 << 20 else "must be more than 0 (MiB)",
+        read=lambda v: int(v * MIB), write=lambda b: b / MIB)
     request_timeout: float = key(10.0, "seconds a client has to send its whole request, body included (408 past it)",
                                  check=_positive)
     idle_timeout: float = key(900.0, "seconds a connection may stay silent, both ways", check=_positive)
@@ -382,6 +388,8 @@ def _across(cfg: Config, tables: dict[str, Table]) -> Config:
     command = cfg.engine.command if "command" in engine.data else DEFAULT_COMMANDS[cfg.engine.kind]
     cfg = replace(cfg, engine=replace(cfg.engine, command=command))
     kind = cfg.engine.kind
+    if proxy.body_memory_bytes < proxy.max_body_bytes:
+        raise tables["proxy"].fail("body_memory_mb", "must be at least proxy.max_body_mb: one body of the largest size must fit")
     if not command and kind != "none":
         raise engine.fail("command", "must not be empty")
     if kind == "llama-server" and any(arg == "--host" or arg.startswith("--host=") for arg in command):

@@ -31,6 +31,14 @@ class Desired:
     clients: Clients = field(default_factory=Clients)
     peers: tuple[Peer, ...] = ()         # the tailnet's other devices, for who is calling
     cert_domains: tuple[str, ...] = ()   # what `tailscale cert` can certify
+    # What the last read of the tailnet found, kept while the CLI fails (tailnet.degraded).
+    tailnet_view: tailnet.Detection = field(default_factory=lambda: tailnet.Detection(peers_known=True))
+
+    @property
+    def peers_known(self) -> bool:
+        """Who is calling from the tailnet can be told: a peer map was read, or nothing here
+        depends on one."""
+        return self.tailnet_view.peers_known or not self.clients.uses_peers
 
     @property
     def tls_domain(self) -> str | None:
@@ -68,24 +76,25 @@ class Plan:
         return [name for name, on in names if on]
 
 
-def read(config_dir: Path) -> Desired:
-    """Both files and the tailnet addresses. Blocking (files, the tailscale CLI): call it off
-    the event loop. ConfigError on a bad file."""
+def read(config_dir: Path, previous: Desired | None = None) -> Desired:
+    """The files and the tailnet. Blocking (files, the tailscale CLI): call it off the event
+    loop. `previous`: what was read before, whose tailnet view stays while the CLI fails.
+    ConfigError on a bad file."""
     cfg = config_mod.read(config_dir)
     rules = allowlist.read(config_dir)
-    return with_tailnet(Desired(cfg, rules, clients=clients_mod.read(config_dir)))
+    return with_tailnet(Desired(cfg, rules, clients=clients_mod.read(config_dir)), previous)
 
 
-def with_tailnet(desired: Desired) -> Desired:
-    """`desired` with the addresses it listens on now. Blocking."""
+def with_tailnet(desired: Desired, previous: Desired | None = None) -> Desired:
+    """`desired` with the tailnet as it is now: addresses to listen on, names, peers. Blocking."""
     listen = desired.config.proxy.listen
     # Read even when the proxy listens on explicit addresses: clients.toml may name peers, and
     # HTTPS needs this machine's MagicDNS name.
     wanted = "tailscale" in listen or desired.clients.clients or desired.config.proxy.tls == "tailscale"
-    found = tailnet.detect() if wanted else tailnet.Detection()
+    found = tailnet.detect(previous.tailnet_view if previous else None) if wanted else tailnet.Detection(peers_known=True)
     return replace(desired, addresses=tailnet.resolve_listen(listen, found.addresses), names=found.names,
                    tailnet_problem=found.problem if "tailscale" in listen else None, peers=found.peers,
-                   cert_domains=found.cert_domains)
+                   cert_domains=found.cert_domains, tailnet_view=found)
 
 
 def _how_it_runs(cfg: Config) -> tuple[object, ...]:
@@ -103,7 +112,7 @@ def plan(old: Desired, new: Desired, config_file: str = "ai-server.toml") -> Pla
                           "(`ai-server install` again, or restart the service)", key="proxy.enabled")
     addresses = new.addresses != old.addresses
     names = new.names != old.names
-    who = new.clients != old.clients or new.peers != old.peers
+    who = new.clients != old.clients or new.peers != old.peers or new.peers_known != old.peers_known
     if n.proxy.enabled:
         rules = new.allowlist != old.allowlist or names or who
         proxy = (n.proxy != o.proxy or addresses or n.engine.port != o.engine.port

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -29,7 +29,7 @@ from harness import (
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 
-LAPTOP, CI, PHONE, STRANGER = "100.100.77.2", "100.100.77.3", "100.100.77.4", "100.100.77.5"
+LAPTOP, CI, PHONE, STRANGER, NEWCOMER = "100.100.77.2", "100.100.77.3", "100.100.77.4", "100.100.77.5", "100.100.77.6"
 PEERS = [peer(LAPTOP, "alices-macbook", 2), peer(CI, "ci-box", 3, ["tag:ci"]), peer(PHONE, "alices-phone", 2),
          peer(STRANGER, "bobs-pc", 3)]
 CLIENTS = """
@@ -93,17 +93,33 @@ class Net:
     def who(self, path: str) -> list[str]:
         return [e["who"] for e in self.stack.events("request", path=path)]
 
+    def engine_saw_no(self, model: str) -> bool:
+        return not any(model in r["body"] for r in self.stack.engine_requests())
+
 
 @pytest.fixture
-def net(tailnet: Tailnet, make_stack: Any) -> Iterator[Net]:
-    tailnet.create(remote=(CI, PHONE, STRANGER))
-    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "20"})
-    state = tailscale_cli(stack)
-    set_tailscale(state, [HOST_ADDR], peers=PEERS)
-    stack.write_config(stack.default_config().replace('listen = ["127.0.0.2"]', 'listen = ["tailscale"]'))
-    (stack.config_dir / "clients.toml").write_text(CLIENTS)
-    stack.start()
-    yield Net(stack, tailnet, state)
+def make_net(tailnet: Tailnet, make_stack: Any) -> Any:
+    """make_net(clients_toml, listen, proxy): a stack on the tailnet, its stand-in CLI
+    reporting PEERS; `listen` "tailscale" or the tailnet address itself ("explicit")."""
+    def make(clients_toml: str = CLIENTS, listen: str = "tailscale", proxy: str = "", cli_down: bool = False) -> Net:
+        tailnet.create(remote=(CI, PHONE, STRANGER, NEWCOMER))
+        stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "20"})
+        state = tailscale_cli(stack)
+        set_tailscale(state, [HOST_ADDR], peers=PEERS)
+        if cli_down:
+            (state / "tailscale.down").write_text("failed to connect to local tailscaled")
+        where = '"tailscale"' if listen == "tailscale" else f'"{HOST_ADDR}"'
+        stack.write_config(stack.default_config().replace('listen = ["127.0.0.2"]', f"listen = [{where}]")
+                           .replace("[proxy]\n", "[proxy]\n" + proxy))
+        (stack.config_dir / "clients.toml").write_text(clients_toml)
+        stack.start()
+        return Net(stack, tailnet, state)
+    return make
+
+
+@pytest.fixture
+def net(make_net: Any) -> Net:
+    return make_net()
 
 
 def test_each_device_is_the_client_its_most_specific_entry_names(net: Net) -> None:
@@ -249,8 +265,9 @@ def test_policy_changes_apply_live_and_a_broken_file_keeps_the_last_good_one(net
 
 def test_clients_command_and_tail_by_client(net: Net) -> None:
     stream: dict[str, int] = {}
+    # A stream long enough (100 tokens, 5 s) to be in flight through both reads below.
     slow = threading.Thread(target=lambda: stream.update(status=net.call(CI, "POST", "/v1/chat/completions",
-                                                                         {**CHAT, "stream": True})[0]))
+                                                                         {**CHAT, "stream": True, "max_tokens": 100})[0]))
     slow.start()
     wait_for(lambda: any(r["target"] == "/v1/chat/completions" for r in net.stack.engine_requests()), 10, what="stream")
     net.call(LAPTOP, "GET", "/v1/models")
@@ -322,3 +339,120 @@ def test_https_without_a_certificate_waits_and_never_serves_plain_http(make_stac
     (state / "cert.fail").unlink()
     stack.wait_running()
     assert "ssl crt" in (stack.state_dir / "haproxy.cfg").read_text()
+
+
+# Clients as the issue found them holding less than they said: [unknown] allowed with every
+# model, the laptop restricted to smollm2. Any fall back to [defaults] widens the laptop.
+WIDE = CLIENTS.replace('policy = "deny"', 'policy = "allow"')
+FORBIDDEN = {**CHAT, "model": "qwen2.5-coder:32b"}
+
+
+def test_a_device_that_renames_itself_gets_nothing_of_anothers_policy(net: Net) -> None:
+    """`device` matched the HostName a device reports about itself: bob renamed his PC
+    "alices-macbook" and got the laptop's policy. Now only what the tailnet vouches for counts:
+    the MagicDNS name (unique in the tailnet), the stable node ID. (Fails on today's main:
+    bob's PC is served as the laptop.)"""
+    renamed = {**peer(STRANGER, "bobs-pc", 3), "HostName": "alices-macbook"}
+    newcomer = peer(NEWCOMER, "alices-ipad", 2)  # alice's: the sign that the new map is in force
+    set_tailscale(net.state, [HOST_ADDR], peers=[*PEERS[:3], renamed, newcomer])
+    wait_for(lambda: net.call(NEWCOMER, "GET", "/v1/models")[0] == 200, 15, interval=0.2, what="the new peer map in force")
+    status, _, text = net.call(STRANGER, "GET", "/v1/models")
+    assert status == 403 and json.loads(text)["client"] == "unknown"
+    assert net.call(LAPTOP, "GET", "/v1/models")[0] == 200 and net.who("/v1/models")[-1] == "laptop"
+
+
+def break_cli(state: Path, mode: str) -> None:
+    if mode == "garbage":
+        (state / "tailscale.garbage").write_text('{"BackendState": "Running", "Peer": \x1b[2J not json')
+    else:
+        (state / f"tailscale.{mode}").write_text("failed to connect to local tailscaled" if mode == "down" else "")
+
+
+@pytest.mark.parametrize("mode", ["down", "hang", "garbage"])
+def test_a_failing_tailscale_cli_keeps_the_last_peer_map(make_net: Any, mode: str) -> None:
+    """When `tailscale status` failed, hung or printed garbage, every device fell back to
+    [defaults]: the laptop, limited to smollm2, could use any model. The last peer map stays
+    in force now, and status says since when it is stale. (Fails on today's main: the laptop
+    gets qwen, 200.)"""
+    net = make_net(WIDE, listen="explicit")
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", FORBIDDEN)[0] == 403
+    break_cli(net.state, mode)
+
+    def stale_or_widened() -> str | None:
+        if net.call(LAPTOP, "POST", "/v1/chat/completions", FORBIDDEN)[0] != 403:  # it reached the engine
+            return "widened"
+        return net.stack.status()["proxy"].get("tailnet", {}).get("stale_since")
+
+    since = wait_for(stale_or_widened, 30, interval=0.2, what="the tailnet view marked stale")
+    assert since != "widened", "a failing CLI widened access: the laptop used a model outside its policy"
+    status, _, text = net.call(LAPTOP, "POST", "/v1/chat/completions", FORBIDDEN)
+    assert status == 403 and json.loads(text)["client"] == "laptop" and json.loads(text)["reason"] == "model"
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", CHAT)[0] == 200
+    human = net.stack.cli("status").stdout
+    assert f"failing since {since}" in human and "\x1b" not in human, human
+    for name in ("tailscale.down", "tailscale.hang", "tailscale.garbage"):
+        (net.state / name).unlink(missing_ok=True)
+    wait_for(lambda: net.stack.status()["proxy"]["tailnet"]["stale_since"] is None, 30, interval=0.2, what="fresh again")
+
+
+def test_with_no_peer_map_yet_a_tailnet_caller_without_a_token_waits(make_net: Any) -> None:
+    """The CLI failing from the start: nobody on the tailnet can be told apart, so a caller
+    without a token gets 503 and Retry-After ("who is calling is not known yet"), never
+    [defaults]. A token still says who it is. (Fails on today's main: the laptop is served
+    with [defaults], any model.)"""
+    net = make_net(WIDE, listen="explicit", cli_down=True)
+    status, fields, text = net.call(LAPTOP, "POST", "/v1/chat/completions", FORBIDDEN)
+    assert status == 503 and fields["retry-after"] == "5" and json.loads(text)["reason"] == "identity", text
+    token = net.stack.cli("clients", "token", "script").stdout.strip()
+    wait_for(lambda: net.call(LAPTOP, "GET", "/v1/models", headers={"x-api-key": token})[0] == 200, 10,
+             what="the token in force")
+    assert "who is calling is not known yet" in net.stack.cli("status").stdout
+    assert net.engine_saw_no(FORBIDDEN["model"])
+
+
+def test_unknown_devices_are_rate_limited_each_on_its_own(make_net: Any) -> None:
+    """[defaults] rpm applied to every unknown device as one bucket: one stranger's requests
+    used up another's. (Fails on today's main: the second stranger gets 429.)"""
+    net = make_net(WIDE.replace('models = ["*"]', 'models = ["*"]\nrpm = 2'))
+    assert [net.call(STRANGER, "GET", "/v1/models")[0] for _ in range(3)] == [200, 200, 429]
+    set_tailscale(net.state, [HOST_ADDR], peers=[*PEERS, peer(NEWCOMER, "carols-pc", 3)])
+    wait_for(lambda: net.call(NEWCOMER, "GET", "/v1/models")[0] == 200, 15, interval=0.3, what="another stranger served")
+
+
+def test_a_node_applies_unknown_to_a_name_it_does_not_know(make_net: Any) -> None:
+    """A front names who is calling; a node whose clients.toml does not know that name used to
+    apply no policy at all. It applies [unknown] now. Its front's own requests (discovery,
+    health checks) name themselves "front" and are served whatever [unknown] says. (Fails on
+    today's main: "ghost" is served.)"""
+    net = make_net(CLIENTS, proxy=f'fronts = ["{CI}"]\n')  # the CI box plays the front
+    status, _, text = net.call(CI, "GET", "/v1/models", headers={"X-Ai-Server-Client": "ghost"})
+    assert status == 403 and json.loads(text)["reason"] == "unknown"
+    assert net.call(CI, "GET", "/api/tags", headers={"X-Ai-Server-Client": "laptop"})[0] == 403  # laptop's paths
+    assert net.call(CI, "GET", "/api/tags", headers={"X-Ai-Server-Client": "front"})[0] == 200
+    status, _, text = net.call(STRANGER, "GET", "/api/tags", headers={"X-Ai-Server-Client": "front"})
+    assert status == 403 and json.loads(text)["reason"] == "front"  # only a front may say so
+
+
+def test_a_front_is_believed_only_on_a_tailnet_listener(make_stack: Any) -> None:
+    """proxy.fronts was honoured on any listener: a local process at a front's address could
+    say it was any client. Like the peer map, a front's word counts on a tailnet listener
+    only. (Fails on today's main: the request is served as "laptop".)"""
+    stack = make_stack()
+    stack.write_config(stack.default_config().replace("[proxy]\n", '[proxy]\nfronts = ["127.0.0.1"]\n'))
+    (stack.config_dir / "clients.toml").write_text(CLIENTS)
+    stack.start()
+    result = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-H", "X-Ai-Server-Client: laptop",
+                             stack.url("/v1/models")], capture_output=True, text=True)
+    text, _, code = result.stdout.rpartition("\n")
+    assert code == "403" and json.loads(text)["reason"] == "front"
+
+
+def test_the_clients_command_shows_peer_names_with_control_bytes_escaped(make_net: Any) -> None:
+    """A device picks its own HostName: escape sequences in it reached the owner's terminal
+    through `ai-server clients`. (Fails on today's main: the ESC byte is printed.)"""
+    net = make_net(WIDE)
+    odd = {**peer(NEWCOMER, "x", 2), "DNSName": "", "HostName": "evil\x1b]0;pwned\x07\x1b[2J"}
+    set_tailscale(net.state, [HOST_ADDR], peers=[*PEERS, odd])
+    human = wait_for(lambda: (out := net.stack.cli("clients").stdout) and "evil" in out and out, 15, interval=0.3,
+                     what="the odd peer listed")
+    assert "\x1b" not in human and "\x07" not in human and "evil\\x1b]0;pwned\\x07\\x1b[2J" in human

@@ -64,7 +64,8 @@ def _build() -> Iterator[Any]:
     lan.destroy()
     stacks: list[Stack] = []
 
-    def make(names: tuple[str, ...], front_models: str | None = None, front_env: dict[str, str] | None = None) -> Fleet:
+    def make(names: tuple[str, ...], front_models: str | None = None, front_env: dict[str, str] | None = None,
+             node_unknown: str = "allow", front_clients: str = "") -> Fleet:
         lan.create(["front", *names])
         nodes = {}
         for name in names:
@@ -76,6 +77,7 @@ def _build() -> Iterator[Any]:
             (stack.config_dir / "allowlist.toml").write_text(NODE_ALLOW)
             # The node's own policy for the client the front names: laptop may use smollm2 only.
             (stack.config_dir / "clients.toml").write_text(
+                f'[unknown]\npolicy = "{node_unknown}"\n'
                 f'[[client]]\nname = "laptop"\ntoken_sha256 = "{"0" * 64}"\nmodels = ["smollm2:*"]\n')
             stack.start()
             nodes[name] = stack
@@ -86,7 +88,7 @@ def _build() -> Iterator[Any]:
         own = "[engine]\nparallel = 1\n" if front_models else '[engine]\nkind = "none"\n'
         front.write_config(front.default_config().replace("[engine]\n", own) + node_tables)
         (front.config_dir / "clients.toml").write_text(
-            f'[[client]]\nname = "laptop"\ntoken_sha256 = "{clients.token_hash(LAPTOP)}"\n')
+            f'[[client]]\nname = "laptop"\ntoken_sha256 = "{clients.token_hash(LAPTOP)}"\n' + front_clients)
         front.start()
         fleet = Fleet(lan, front, nodes)
         wait_for(lambda: all(r["state"] == "UP" and r["models"] for r in fleet.node_rows().values()), 20,
@@ -305,3 +307,20 @@ def test_the_fronts_own_engine_restarts_without_failing_what_waits_for_it(build:
     restarter.join(60)
     assert restart["result"].returncode == 0, restart["result"].stderr
     assert during.status_code == 200, during.text
+
+
+GHOST = "ais_" + "g" * 43
+
+
+def test_a_node_that_denies_strangers_is_still_discovered_and_judges_names_it_does_not_know(build: Any) -> None:
+    """The front's discovery and health checks came as strangers: a node with [unknown] deny
+    answered them 403 and was never routed to. They name themselves now ("front", believed
+    from proxy.fronts only). And a client the front knows but the node does not gets the
+    node's [unknown], not a free pass. (Fails on today's main: the node's models are never
+    found.)"""
+    fleet = build(("n1",), node_unknown="deny",
+                  front_clients=f'[[client]]\nname = "ghost"\ntoken_sha256 = "{clients.token_hash(GHOST)}"\n')
+    assert fleet.post("smollm2:135m", Authorization=f"Bearer {LAPTOP}").status_code == 200
+    refused = fleet.post("smollm2:135m", Authorization=f"Bearer {GHOST}")
+    assert refused.status_code == 403 and refused.json()["reason"] == "unknown"
+    assert fleet.served_by("smollm2:135m") == ["n1"]

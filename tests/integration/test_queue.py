@@ -136,8 +136,8 @@ def test_a_full_queue_or_a_long_wait_gets_503_with_retry_after(make_stack) -> No
     wait_for(lambda: queued(stack) == 2, 10, what="two waiting")
     full = httpx.post(stack.url("/v1/chat/completions"), json=tagged("no-room"), timeout=30)
     assert full.status_code == 503 and full.headers["retry-after"] == "5"
-    assert full.json() == {"error": "the queue for an engine slot is full (proxy.queue_max)", "queue": "generate",
-                           "depth": 2, "status": 503}
+    assert full.json() == {"error": "the queue for an engine slot is full (proxy.queue_max)", "client": "unknown",
+                           "reason": "queue_full", "queue": "generate", "depth": 2, "status": 503}
     for thread in threads:
         thread.join(60)
     assert "timed-out" not in engine_order(stack) and "no-room" not in engine_order(stack)  # the proxy answered

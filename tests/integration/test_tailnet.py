@@ -20,6 +20,7 @@ from harness import (
     Stack,
     Tailnet,
     set_tailscale,
+    sh,
     tailscale_cli,
     wait_for,
 )
@@ -111,3 +112,18 @@ def test_without_the_cli_only_tailscales_own_interface_counts(make_stack, tailne
     stack.start()
     assert stack.status()["proxy"]["listen"] == [f"{HOST_ADDR}:{stack.proxy_port}"]
     assert remote_status(tailnet, f"http://{HOST_ADDR}:{stack.proxy_port}/api/version") == "200"
+
+
+def test_without_the_cli_an_fd7a_address_on_a_lan_interface_is_not_tailscales(make_stack, tailnet: Tailnet) -> None:
+    """A router advertisement can put an fd7a:115c:a1e0::/48 address on a LAN interface. Without
+    the CLI, any interface holding one counted as Tailscale's, and its 100.x address (a
+    carrier's, say) was bound. Only tailscale0 or a utun holding it count now. (Fails on
+    today's main: the proxy listens on 100.100.77.1.)"""
+    tailnet.create()  # 100.100.77.1 on an ordinary interface
+    sh("ip", "addr", "add", "fd7a:115c:a1e0::77/64", "dev", tailnet.host_if, "nodad")
+    stack = make_stack()
+    stack.write_config(tailscale_config(stack))
+    stack.start(wait=False)
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    assert data["proxy"]["listen"] == [] and "no tailscale CLI" in data["proxy"]["waiting"]
+    assert remote_status(tailnet, f"http://{HOST_ADDR}:{stack.proxy_port}/api/version") == "000"

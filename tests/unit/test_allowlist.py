@@ -131,7 +131,9 @@ def test_compiled_maps_of_the_shipped_list() -> None:
     from ai_server.haproxy import maps
     routes, paths = maps.allowlist_maps(DEFAULT)
     assert routes.name == "allow-routes.map" and paths.name == "allow-paths.map"
-    assert paths.entries[0] == ("^/v1/chat/completions$", "1")
+    # {model} rules first, marked m: the proxy reads a model from the path only after those.
+    assert paths.entries[0][0].startswith("^/v1/models/[A-Za-z0-9_]") and paths.entries[0][1] == "m"
+    assert ("^/v1/chat/completions$", "1") in paths.entries
     assert routes.entries[2][0].startswith("^(GET)@/v1/models/[A-Za-z0-9_]")
     for item in (routes, paths):
         body = [line for line in item.text().splitlines() if not line.startswith("#")]

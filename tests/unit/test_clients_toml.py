@@ -11,9 +11,11 @@ from ai_server.access.tailscale import Peer, parse
 from ai_server.base import tomlfile
 from ai_server.base.errors import ConfigError
 
-MAC = Peer(("100.64.0.2",), "Alice's MacBook", "alices-macbook.tail1234.ts.net", "alice@example.com", ())
-CI = Peer(("100.64.0.3", "fd7a:115c:a1e0::3"), "ci-box", "ci-box.tail1234.ts.net", "bot@example.com", ("tag:ci",))
-PHONE = Peer(("100.64.0.4",), "iPhone", "alices-iphone.tail1234.ts.net", "alice@example.com", ())
+SUFFIX = "tail1234.ts.net"
+MAC = Peer(("100.64.0.2",), "Alice's MacBook", "alices-macbook.tail1234.ts.net", "alice@example.com", (), "nMAC1CNTRL", SUFFIX)
+CI = Peer(("100.64.0.3", "fd7a:115c:a1e0::3"), "ci-box", "ci-box.tail1234.ts.net", "bot@example.com", ("tag:ci",),
+          "nCI1CNTRL", SUFFIX)
+PHONE = Peer(("100.64.0.4",), "iPhone", "alices-iphone.tail1234.ts.net", "alice@example.com", (), "nPH1CNTRL", SUFFIX)
 
 
 def test_the_shipped_default_restricts_nothing() -> None:
@@ -35,7 +37,7 @@ name = "laptop"
 device = "alices-macbook"
 [[client]]
 name = "laptop-again"
-device = "Alice's MacBook"
+node_id = "nMAC1CNTRL"
 """
     parsed = clients.parse(text)
     assert parsed.owner(MAC) == "laptop"       # device beats user; the first device entry wins
@@ -50,6 +52,16 @@ device = "Alice's MacBook"
     ('[[client]]\nname = "a"\ndevice = "d"\nuser = "u@x"\n', "client[0].user: needs exactly one"),
     ('[[client]]\nname = "unknown"\ndevice = "d"\n', "client[0].name"),
     ('[[client]]\nname = "a b"\ndevice = "d"\n', "client[0].name"),
+    # Names are plain names: a "." would be a regex wildcard to anything that made one a pattern.
+    ('[[client]]\nname = "u.known"\ndevice = "d"\n', "client[0].name"),
+    ('[[client]]\nname = "a:b"\ndevice = "d"\n', "client[0].name"),
+    ('[[client]]\nname = "-a"\ndevice = "d"\n', "client[0].name"),
+    ('[[client]]\nname = "front"\ndevice = "d"\n', "client[0].name"),
+    ('[[client]]\nname = "a\\n"\ndevice = "d"\n', "client[0].name"),
+    # A device is its MagicDNS name (or first label), never what it calls itself.
+    ('[[client]]\nname = "a"\ndevice = "Alice\'s MacBook"\n', "client[0].device: must be the device's MagicDNS name"),
+    ('[[client]]\nname = "a"\ndevice = "x\\u0000"\n', "client[0].device"),
+    ('[[client]]\nname = "a"\nnode_id = "n-1"\n', "client[0].node_id"),
     ('[[client]]\nname = "a"\ndevice = "d"\n[[client]]\nname = "a"\ntag = "tag:x"\n', "client[1].name: 'a' is already"),
     ('[[client]]\nname = "a"\ntoken_sha256 = "xyz"\n', "client[0].token_sha256"),
     ('[[client]]\nname = "a"\ntag = "ci"\n', "client[0].tag"),
@@ -117,3 +129,44 @@ def test_tailscale_status_shapes() -> None:
     (only,) = status.peers
     assert only.addresses == ("100.64.0.9",) and only.dns_name == "" and only.user == "bob@example.com"
     assert only.tags == ("tag:ci",)
+
+
+def test_a_device_is_what_the_tailnet_vouches_for_not_its_hostname() -> None:
+    """`device` matched the HostName a device reports about itself: renaming a laptop to
+    another's name took that one's policy. Only the MagicDNS name counts now (unique in the
+    tailnet), its first label only in this tailnet, or the stable node ID. (Fails on the old
+    Client.identifies, which compared HostNames.)"""
+    parsed = clients.parse('[[client]]\nname = "laptop"\ndevice = "alices-macbook"\n'
+                           '[[client]]\nname = "box"\nnode_id = "nCI1CNTRL"\n'
+                           '[[client]]\nname = "full"\ndevice = "alices-iphone.tail1234.ts.net"\n')
+    impostor = Peer(("100.64.0.9",), "alices-macbook", "bobs-pc.tail1234.ts.net", "bob@example.com", (), "nBOB", SUFFIX)
+    shared_in = Peer(("100.64.0.10",), "x", "alices-macbook.tail9999.ts.net", "eve@other.example", (), "nEVE", SUFFIX)
+    assert parsed.owner(MAC) == "laptop"
+    assert parsed.owner(impostor) is None          # its HostName is the laptop's name: nothing
+    assert parsed.owner(shared_in) is None         # another tailnet's alices-macbook: nothing
+    assert parsed.owner(CI) == "box" and parsed.owner(PHONE) == "full"
+    assert parsed.owner(Peer(("100.64.0.11",), "x", "ci-box.tail1234.ts.net", "", (), "nci1cntrl", SUFFIX)) is None
+    assert shared_in.device == "" and MAC.device == "alices-macbook"
+
+
+def test_tailscale_status_peers_carry_their_stable_id_and_this_tailnets_suffix() -> None:
+    status = parse("""{"BackendState": "Running", "MagicDNSSuffix": "tail1234.ts.net",
+      "Self": {"DNSName": "mymac.tail1234.ts.net.", "TailscaleIPs": ["100.64.0.1"]},
+      "Peer": {"k1": {"ID": "nABC1CNTRL", "HostName": "mymac", "DNSName": "laptop.tail1234.ts.net.", "UserID": 1,
+                      "TailscaleIPs": ["100.64.0.2"]},
+               "k2": {"ID": "n-bad id", "HostName": "x", "DNSName": "laptop.tail9999.ts.net.", "UserID": 1,
+                      "TailscaleIPs": ["100.64.0.3"]}}}""")
+    one, two = status.peers
+    assert (one.node_id, one.device, one.suffix) == ("nABC1CNTRL", "laptop", "tail1234.ts.net")
+    assert (two.node_id, two.device, two.dns_name) == ("", "", "laptop.tail9999.ts.net")
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"Peer": [1]}', '{"User": [1], "Peer": {}}', '{"Self": "x"}', "null"])
+def test_tailscale_status_garbage_is_refused_or_read_as_nothing(text: str) -> None:
+    """What a broken CLI prints never becomes a peer: either ValueError (the caller keeps its
+    last view) or a status with no peers."""
+    try:
+        status = parse(text)
+    except (ValueError, TypeError, AttributeError):
+        return
+    assert status.peers == () and not status.running

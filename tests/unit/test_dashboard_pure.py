@@ -28,8 +28,8 @@ name = "ops"
 token_sha256 = "{token_hash(TOKEN)}"
 admin = true
 """)
-PEERS = (Peer(("100.64.0.2",), "Boss Mac", "boss-mac.tail1.ts.net", "a@x", ()),
-         Peer(("100.64.0.3",), "Kids iPad", "kids-ipad.tail1.ts.net", "b@x", ()))
+PEERS = (Peer(("100.64.0.2",), "Boss Mac", "boss-mac.tail1.ts.net", "a@x", (), "nB1", "tail1.ts.net"),
+         Peer(("100.64.0.3",), "Kids iPad", "kids-ipad.tail1.ts.net", "b@x", (), "nK1", "tail1.ts.net"))
 AUDIENCE = gate.Audience(CLIENTS, PEERS, ("mymac.tail1.ts.net", "mymac"))
 TAILNET = ("100.64.0.1", 9464)
 LOOPBACK = ("127.0.0.1", 9464)

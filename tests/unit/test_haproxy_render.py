@@ -15,7 +15,7 @@ from ai_server.base import tomlfile
 from ai_server.base.errors import HaproxyConfigError
 from ai_server.haproxy import maps
 from ai_server.haproxy.logfmt import parse_log
-from ai_server.haproxy.render import RenderInput, render
+from ai_server.haproxy.render import HEADROOM, RenderInput, render
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 DEFAULT = allowlist.parse(tomlfile.default_text("allowlist.toml"))
@@ -68,13 +68,14 @@ def test_rejected_config_is_not_swapped_in(tmp_path: Path) -> None:
 
 def test_config_holds_what_the_proxy_must_do() -> None:
     text = render(spec("[engine]\nport = 11500\n[proxy]\nport = 11434\nmax_body_mb = 2\n"))
-    assert "map_reg(allow-paths.map) -m found" in text and "default-path config" in text
+    assert "var(txn.path),map_reg(allow-paths.map)" in text and "default-path config" in text
     assert "bind ipv4@127.0.0.2:11434 proto h1" in text
     assert "http-request set-header Host 127.0.0.1:11500" in text
     assert "server engine 127.0.0.1:11500 check" in text
-    assert "option forwardfor" in text and "http-request del-header Forwarded" in text
-    assert "http-request del-header Upgrade" in text and "http-request del-header X-Real-IP" in text
-    assert f"tune.bufsize {2 * 1024 * 1024 + 64 * 1024}" in text
+    dropped = next(line for line in text.splitlines() if "del-header ^(" in line)
+    assert "option forwardfor" in text and "|forwarded|" in dropped and dropped.endswith(")$ -m reg")
+    assert "|upgrade|" in dropped and "|x-real-ip|" in dropped
+    assert f"tune.bufsize {2 * 1024 * 1024 + HEADROOM}" in text
     assert "http-request wait-for-body" in text and "status 421" in text
     assert "0.0.0.0" not in text and "bind :" not in text
     assert text.count("\n    #") > 20  # commented for a human reader
@@ -133,6 +134,4 @@ def test_every_map_is_referenced_by_the_config(fronting: bool) -> None:
     files += maps.node_maps({}, {"v1": "-", "tags": "-", "list": "[]"}) if fronting else []
     assert any(f.name == maps.NODE_MODELS for f in files) == fronting
     for item in files:
-        assert item.name in text or item.name == maps.MODEL_PATHS, item.name  # model-paths: read by the Lua
-    from ai_server.haproxy.lua import lua
-    assert maps.MODEL_PATHS in lua(1, True)
+        assert f"({item.name})" in text or f"({item.name}," in text, item.name

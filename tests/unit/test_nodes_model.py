@@ -68,12 +68,31 @@ def state(name: str, models: dict[str, bool], drained: bool = False) -> nodes.No
 
 
 def test_assignment_keeps_a_model_where_it_was() -> None:
-    first = nodes.assign({}, ["b", "a"])
+    first = nodes.assign({}, {"n": {"b": True, "a": False}})
     assert first == {"a": "m0", "b": "m1"}
-    second = nodes.assign(first, ["b", "c"])
+    second = nodes.assign(first, {"n": {"b": True, "c": True}})
     assert second == {"b": "m1", "c": "m0"}  # b stays; a's backend is free for c
-    many = nodes.assign({}, [f"x{i:02d}" for i in range(70)], capacity=64)
+    many = nodes.assign({}, {"n": {f"x{i:02d}": False for i in range(70)}}, capacity=64)
     assert len(many) == 64 and set(many.values()) == {f"m{i}" for i in range(64)}  # the rest: logged, not routed
+
+
+def test_a_node_advertising_many_models_cannot_take_the_others_backends() -> None:
+    """A node listing 70 names took all 64 model backends (the first 64 by name), and the models
+    only honest nodes served got 404 at the front. Now each node gets its share: nothing an
+    honest node serves is dropped, whether the flood came first or not. (Fails on the old
+    assign, which routed the first 64 names of all of them.)"""
+    flood = {f"a{i:02d}": False for i in range(70)}
+    honest = {"studio-1": {"qwen2.5-coder:32b": True}, "studio-2": {"llama3:8b": False, "qwen2.5-coder:32b": False}}
+    fresh = nodes.assign({}, {"flood": flood, **honest})
+    assert {"qwen2.5-coder:32b", "llama3:8b"} <= set(fresh) and len(fresh) == 64
+    taken = nodes.assign({}, {"flood": flood})  # the flood arrived first and holds every backend
+    after = nodes.assign(taken, {"flood": flood, **honest})
+    assert {"qwen2.5-coder:32b", "llama3:8b"} <= set(after) and len(after) == 64
+    assert all(after[m] == taken[m] for m in after if m in taken)  # what stays routed stays where it was
+    # Three nodes of 40 names each: each keeps at least a third of the room.
+    three = {f"n{k}": {f"n{k}-m{i:02d}": False for i in range(40)} for k in range(3)}
+    shared = nodes.assign({}, three)
+    assert all(sum(m.startswith(f"n{k}-") for m in shared) >= 64 // 3 for k in range(3))
 
 
 def test_loaded_nodes_are_servers_the_others_backups() -> None:
@@ -106,7 +125,7 @@ def test_union_lists_each_model_once_as_a_node_spells_it() -> None:
 def test_fronting_config_passes_haproxy_check(tmp_path: Path, cfg_text: str) -> None:
     cfg = config.parse_config(cfg_text)
     allow = allowlist.parse(tomlfile.default_text("allowlist.toml"))
-    assignment = nodes.assign({}, ["qwen2.5-coder:7b", "llama3:8b"])
+    assignment = nodes.assign({}, {"studio-2": {"qwen2.5-coder:7b": True}, "linux.gpu": {"llama3:8b": False}})
     states = [state("studio-2", {"qwen2.5-coder:7b": True}), state("linux.gpu", {"llama3:8b": False}, drained=True)]
     answers = nodes.union(states)
     files = [*maps.every_map(allow, ("100.64.0.1",), 11434, (), Clients(), (), True, ()), *maps.node_maps(assignment, answers)]

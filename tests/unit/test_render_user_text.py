@@ -40,7 +40,7 @@ def test_a_node_address_is_written_as_the_parsed_ip_not_as_typed(tmp_path: Path)
     assert "FD7A" not in text and "0000::" not in text and ":08080" not in text and typed.rstrip("/") not in text
     allow = allowlist.parse(tomlfile.default_text("allowlist.toml"))
     files = [*maps.every_map(allow, ("100.64.0.1",), 11434, (), Clients(), (), True, ()),
-             *maps.node_maps(nodes.assign({}, []), nodes.union([]))]
+             *maps.node_maps(nodes.assign({}, {}), nodes.union([]))]
     assert haproxy.install(HAPROXY, spec, files, tmp_path)  # and HAProxy takes it
 
 

@@ -43,7 +43,8 @@ def test_status_json_keeps_its_shape() -> None:
     assert out["proxy"] == {"listen": ["100.64.0.1:11434", "[fd7a:115c:a1e0::1]:11434"],
                             "waiting": SNAP.proxy_waiting, "enabled": True, "engine_listen": "127.0.0.1:11434",
                             "rules": 0, "nodes": ["local", "studio-2"], "loaded_at": "2026-12-03T07:00:00Z",
-                            "config_error": None, "tls": None}
+                            "config_error": None,
+                            "tailnet": {"peers": 0, "known": True, "stale_since": None, "problem": None}, "tls": None}
     assert out["warm"] == [{"model": "qwen", "state": "loaded", "detail": "loaded", "seconds": 4.2}]
     assert out["supervisor"] == {"pid": 99, "mood": "RUNNING"}
     https = status_json(replace(SNAP, tls=Tls("mymac.ts.net", None, "no certificate yet"), mood=Mood.SHUTDOWN))
@@ -59,7 +60,8 @@ def test_targets_name_children_in_start_order() -> None:
 
 
 def test_client_rows_from_the_policy_and_the_load() -> None:
-    mac = Peer(("100.64.0.2",), "Alice's MacBook", "alices-macbook.tail1234.ts.net", "alice@example.com", ())
+    mac = Peer(("100.64.0.2",), "Alice's MacBook", "alices-macbook.tail1234.ts.net", "alice@example.com", (),
+               "nM1", "tail1234.ts.net")
     parsed = clients.parse('[[client]]\nname = "laptop"\ndevice = "alices-macbook"\nrpm = 5\n'
                            '[[client]]\nname = "ci"\ntoken_sha256 = "' + "a" * 64 + '"\n[unknown]\npolicy = "deny"\n')
     desired = Desired(clients=parsed, peers=(mac,))

@@ -3,11 +3,14 @@ tailnet (`tailscale status --json`) or from a token whose SHA-256 alone is store
 
     [defaults]   models, rpm, concurrency, priority       what every client gets unless it says otherwise
     [unknown]    policy = "allow" | "deny"                 tailnet peers that match no [[client]]
-    [[client]]   name; device | user | tag | token_sha256; paths, models, rpm, concurrency, priority; admin
+    [[client]]   name; device | node_id | user | tag | token_sha256; paths, models, rpm, concurrency, priority; admin
 
-A peer address belongs to the most specific entry that matches it: a device, then a user, then
-a tag; between two entries of one kind, the first in the file. A token wins over all of them,
-from any device. This module is pure: parsing, and the peer address -> client name table.
+A peer address belongs to the most specific entry that matches it: a device (its MagicDNS
+name, or its stable node ID), then a user, then a tag; between two entries of one rank, the
+first in the file. A token wins over all of them, from any device. Only what the tailnet
+vouches for identifies a peer (access/tailscale.py says what each field is worth): never the
+HostName a device reports about itself. This module is pure: parsing, and the peer address ->
+client name table.
 """
 
 from __future__ import annotations
@@ -26,17 +29,25 @@ from ai_server.access.allowlist import check_rule_path
 from ai_server.access.tailscale import Peer
 from ai_server.base.errors import ConfigError
 from ai_server.base.files import write_keeping_mode
+from ai_server.base.netaddr import is_dns_name
 from ai_server.base.tomlfile import Table, default_text, line_of, parse_toml, read_text
 
 PRIORITIES = ("interactive", "normal", "batch")
-KINDS = ("token_sha256", "device", "user", "tag")   # precedence, most specific first
+KINDS = ("token_sha256", "device", "node_id", "user", "tag")
+# Who a peer is, most specific first: one device (by name or stable ID), a user's devices, a tag's.
+PEER_RANKS = (("device", "node_id"), ("user",), ("tag",))
 UNKNOWN = "unknown"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A front's own requests to its nodes (discovery, health checks): a node trusts the name only
+# from its proxy.fronts, so a node whose [unknown] is "deny" can still be discovered.
+FRONT = "front"
+RESERVED = (UNKNOWN, FRONT)
+# Names are data: plain names, matched exactly (map_str), never made into a pattern.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 TOKEN_PREFIX = "ais_"
 TOKEN = re.compile(r"ais_[A-Za-z0-9_-]{43}")
 # A model glob: model-name characters and * ? as wildcards.
 GLOB = re.compile(r"[A-Za-z0-9._:/*?-]{1,256}")
-_DEVICE = re.compile(r"[^\x00-\x1f\x7f]{1,253}")
+_NODE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _USER = re.compile(r"[^\s\x00-\x1f\x7f]{1,320}")
 _TAG = re.compile(r"tag:[A-Za-z0-9-]{1,100}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -66,8 +77,12 @@ class Client:
 
     def identifies(self, peer: Peer) -> bool:
         if self.kind == "device":
-            wanted = self.value.lower()
-            return wanted in (peer.host_name.lower(), peer.device.lower()) and wanted != ""
+            # A first label names a device of this tailnet; a full MagicDNS name, exactly that one
+            # (a node shared in from another tailnet has no first label of ours).
+            wanted = self.value.lower().rstrip(".")
+            return wanted == (peer.dns_name if "." in wanted else peer.device) and wanted != ""
+        if self.kind == "node_id":
+            return peer.node_id != "" and peer.node_id == self.value
         if self.kind == "user":
             return peer.user != "" and peer.user.lower() == self.value.lower()
         if self.kind == "tag":
@@ -93,12 +108,18 @@ class Clients:
         return client.policy if client is not None else self.defaults
 
     def owner(self, peer: Peer) -> str | None:
-        """The client a tailnet peer is: device, then user, then tag; the first of each kind."""
-        for kind in ("device", "user", "tag"):
+        """The client a tailnet peer is: a device, then a user, then a tag; the first of each rank."""
+        for rank in PEER_RANKS:
             for client in self.clients:
-                if client.kind == kind and client.identifies(peer):
+                if client.kind in rank and client.identifies(peer):
                     return client.name
         return None
+
+    @property
+    def uses_peers(self) -> bool:
+        """Some entry is known by what the tailnet says (not by a token): who is calling then
+        depends on the peer map."""
+        return any(c.kind != "token_sha256" for c in self.clients)
 
     def peer_table(self, peers: Iterable[Peer]) -> dict[str, str]:
         """Peer address -> client name, for every peer some [[client]] identifies."""
@@ -199,8 +220,9 @@ def parse(text: str, label: str = "clients.toml") -> Clients:
         here = line_of(text, "client", None, index)
         fail = t.fail
 
-        name = t.get("name", None, str, lambda v: None if NAME.fullmatch(v) and v != UNKNOWN else
-                     "must be 1-64 letters, digits, . _ - (and not \"unknown\")")
+        name = t.get("name", None, str, lambda v: None if NAME.fullmatch(v) and v not in RESERVED else
+                     "must be 1-64 letters, digits, - and _, starting with a letter or digit "
+                     '(and not "unknown" or "front")')
         if name is None:
             raise fail("name", "missing: every client has a name (shown in logs, status, metrics)")
         if any(c.name == name for c in clients):
@@ -208,11 +230,15 @@ def parse(text: str, label: str = "clients.toml") -> Clients:
         kinds = [k for k in KINDS if k in entry]
         if len(kinds) != 1:
             raise fail(kinds[1] if len(kinds) > 1 else "name",
-                       "needs exactly one of device, user, tag or token_sha256")
+                       "needs exactly one of device, node_id, user, tag or token_sha256")
         kind = kinds[0]
         check = {"token_sha256": lambda v: None if _SHA256.fullmatch(v) else "must be 64 lower-case hex digits "
                                                                                 "(`ai-server clients token NAME` writes it)",
-                 "device": lambda v: None if _DEVICE.fullmatch(v) else "must be a device's name",
+                 "device": lambda v: None if is_dns_name(v) else
+                 "must be the device's MagicDNS name or its first label (e.g. alices-macbook), not the "
+                 "name it reports about itself (its HostName)",
+                 "node_id": lambda v: None if _NODE_ID.fullmatch(v) else
+                 'must be a stable node ID, as `tailscale status --json` shows it ("ID": "n...CNTRL")',
                  "user": lambda v: None if _USER.fullmatch(v) else "must be a login name, e.g. alice@example.com",
                  "tag": lambda v: None if _TAG.fullmatch(v) else 'must look like "tag:ci"'}[kind]
         value = t.get(kind, "", str, check)
@@ -243,8 +269,8 @@ def mint(path: Path, name: str) -> str:
     """A new token for client `name`: its hash written into clients.toml (comments kept), the
     token returned, to be shown once. A token client gets a new token; a client identified
     otherwise is refused (a token is an identity of its own)."""
-    if not NAME.fullmatch(name) or name == UNKNOWN:
-        raise ConfigError(str(path), f"{name!r} is not a client name (1-64 letters, digits, . _ -)", key="name")
+    if not NAME.fullmatch(name) or name in RESERVED:
+        raise ConfigError(str(path), f"{name!r} is not a client name (1-64 letters, digits, - and _)", key="name")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -22,10 +22,21 @@ from ai_server.engines import engine_for
 from ai_server.fleet.fleet import Fleet
 from ai_server.haproxy import maps, runtime, tls
 from ai_server.haproxy.maps import MapFile
-from ai_server.haproxy.render import PRIORITY_CLASSES, RenderInput
+from ai_server.haproxy.render import PRIORITY_CLASSES, RenderInput, ollama_names
 
 # HAProxy itself starts in well under a second; this only bounds a hung start.
 START_TIMEOUT = 30.0
+
+
+def by_client(rows: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The clients table by client name: an unknown device is counted on its own key
+    (unknown@<address>, so one cannot use up another's rate), summed here as "unknown"."""
+    out: dict[str, dict[str, int]] = {}
+    for key, row in rows.items():
+        total = out.setdefault(key.split("@", 1)[0], {})
+        for counter, value in row.items():
+            total[counter] = total.get(counter, 0) + value
+    return out
 
 
 def answers_models(cfg: Config) -> bool:
@@ -121,7 +132,7 @@ class ProxyChild:
         everything, running = runtime.table(sock, "classes"), runtime.table(sock, "running_classes")
         queued = {c: max(0, everything.get(c, {}).get("use", 0) - running.get(c, {}).get("use", 0))
                   for c in PRIORITY_CLASSES}
-        clients = runtime.table(sock, "clients")
+        clients = by_client(runtime.table(sock, "clients"))
         front = rows.get(("ai_server", "FRONTEND"), {})
         return Load(
             # Streams tracking a class at the gate: requests holding a slot (the gate's own
@@ -182,11 +193,9 @@ class ProxyChild:
         """The maps this child swaps in live, in that order: the allowlist's routes before its
         paths, then Host names, then who may use what. (Where models go is the Fleet's.)"""
         cfg = desired.config
-        # Model names compare as Ollama names them only where Ollama is the one engine; a front
-        # sees each node's own spellings.
-        ollama = cfg.engine.kind == "ollama" and not cfg.fronting
         files = maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
-                               desired.clients, desired.peers, ollama, cfg.proxy.fronts)
+                               desired.clients, desired.peers, ollama_names(cfg), cfg.proxy.fronts,
+                               peers_known=desired.peers_known)
         return files + ([maps.engine_models_map(self.engine_models)] if answers_models(cfg) else [])
 
     async def set_engine_models(self, answer: str) -> None:

@@ -54,11 +54,12 @@ async def follow_tailnet(current: Callable[[], Desired], reload: Reload) -> None
         # The tailnet's peers matter as soon as clients.toml names one.
         if "tailscale" not in old.config.proxy.listen and not old.clients.clients:
             continue
-        now = await asyncio.to_thread(desired_mod.with_tailnet, old)
-        if (now.addresses, now.names, now.tailnet_problem, now.peers) != (
-                old.addresses, old.names, old.tailnet_problem, old.peers):
+        # The last view goes in too: a CLI that fails keeps the peers it last gave.
+        now = await asyncio.to_thread(desired_mod.with_tailnet, old, old)
+        if now.tailnet_view != old.tailnet_view:
             log.info("tailnet_changed", old=list(old.addresses), new=list(now.addresses), names=list(now.names),
-                     problem=now.tailnet_problem, peers=len(now.peers))
+                     problem=now.tailnet_problem, peers=len(now.peers), peers_known=now.peers_known,
+                     stale_since=now.tailnet_view.stale_since, cli_problem=now.tailnet_view.cli_problem)
             await reload("tailnet changed")
 
 

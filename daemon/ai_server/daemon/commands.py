@@ -63,6 +63,9 @@ def status_json(snap: Snapshot) -> dict[str, Any]:
             "nodes": list(snap.nodes),
             "loaded_at": snap.loaded_at,
             "config_error": snap.config_error,
+            "tailnet": {"peers": len(snap.desired.peers), "known": snap.desired.peers_known,
+                        "stale_since": snap.desired.tailnet_view.stale_since,
+                        "problem": snap.desired.tailnet_view.cli_problem},
             "tls": tls,
         },
         "warm": [w.as_dict() for w in snap.warm],
@@ -86,7 +89,7 @@ def client_rows(desired: Desired, load: Load | None) -> list[dict[str, Any]]:
     for peer in desired.peers:
         owner = desired.clients.owner(peer)
         if owner is not None:
-            peers[owner].append({"device": peer.device or peer.host_name, "addresses": list(peer.addresses)})
+            peers[owner].append({"device": peer.device or peer.dns_name or peer.host_name, "addresses": list(peer.addresses)})
     entries = [(c.name, c.kind, c.value, c.policy) for c in desired.clients.clients]
     entries.append((UNKNOWN, "unknown", "allow" if desired.clients.unknown_allowed else "deny", desired.clients.defaults))
     in_flight, last_minute = (load.clients, load.last_minute) if load is not None else ({}, {})

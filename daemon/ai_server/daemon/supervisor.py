@@ -259,7 +259,7 @@ class Supervisor:
             if self.ctx.mood.shutting_down:
                 return {"ok": False, "error": "ai-server is shutting down"}
             try:
-                new = await asyncio.to_thread(desired_mod.read, self.paths.config_dir)
+                new = await asyncio.to_thread(desired_mod.read, self.paths.config_dir, self.desired)
                 plan = desired_mod.plan(self.desired, new, self.paths.config_file.name)
                 programs = preflight.check(new, self.ctx.environ, running=self.desired)
                 if plan.nodes:

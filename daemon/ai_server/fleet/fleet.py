@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ai_server.access.clients import FRONT
 from ai_server.base import logs
 from ai_server.base.errors import AiServerError, HaproxyRuntimeError
 from ai_server.base.paths import Paths
@@ -76,7 +77,7 @@ class Fleet:
             await asyncio.gather(*(self._discover(name, local_url) for name in self.states))
             before = dict(self.assignment)
             every = {model for state in self.states.values() for model in state.models}
-            self.assignment = nodes.assign(self.assignment, every)
+            self.assignment = nodes.assign(self.assignment, {name: state.models for name, state in self.states.items()})
             dropped = sorted(every - set(self.assignment))
             if dropped:
                 self.log.warning("nodes_too_many_models", models=dropped[:10], count=len(dropped),
@@ -96,7 +97,10 @@ class Fleet:
             state.last_error = "the local engine is not running"
             return
         slots = self.local_slots if name == LOCAL_NODE else None
-        async with httpx.AsyncClient(base_url=url, timeout=DISCOVERY_TIMEOUT) as client:
+        # A node believes this name from its proxy.fronts only, so one whose [unknown] is
+        # "deny" still answers its front's discovery.
+        headers = {} if name == LOCAL_NODE else {"X-Ai-Server-Client": FRONT}
+        async with httpx.AsyncClient(base_url=url, timeout=DISCOVERY_TIMEOUT, headers=headers) as client:
             await nodes.discover(client, state, slots)
 
     def apply(self, force: bool = False) -> None:

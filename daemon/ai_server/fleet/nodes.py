@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +90,33 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def assign(previous: dict[str, str], models: Iterable[str], capacity: int = MODEL_BACKENDS) -> dict[str, str]:
-    """model -> backend (m0 ...), keeping every model that stays where it was, so a request in
-    flight is never counted in one backend and finished in another."""
-    wanted = sorted(set(models))
+def fair_selection(holders: Mapping[str, Mapping[str, bool]], keep: Iterable[str], capacity: int) -> list[str]:
+    """The models to route when there is room for `capacity`: node by node in turn, each
+    taking its next model not yet chosen (those already routed first, then loaded ones, then
+    by name), so a node advertising many names gets its share and no more. A node's share is
+    never cut below capacity / nodes by another's. Pure."""
+    kept = set(keep)
+    queues = {node: sorted(models, key=lambda m: (m not in kept, not models[m], m)) for node, models in holders.items()}
+    chosen: dict[str, None] = {}
+    while len(chosen) < capacity and any(queues.values()):
+        for node in sorted(queues):
+            queue = queues[node]
+            while queue and queue[0] in chosen:
+                queue.pop(0)
+            if queue and len(chosen) < capacity:
+                chosen[queue.pop(0)] = None
+    return list(chosen)
+
+
+def assign(previous: dict[str, str], holders: Mapping[str, Mapping[str, bool]], capacity: int = MODEL_BACKENDS
+           ) -> dict[str, str]:
+    """model -> backend (m0 ...), for the models fair_selection routes, keeping every model
+    that stays where it was, so a request in flight is never counted in one backend and
+    finished in another. `holders`: each node's models (model -> loaded)."""
+    wanted = fair_selection(holders, previous, capacity)
     kept = {m: b for m, b in previous.items() if m in wanted}
     free = [f"m{i}" for i in range(capacity) if f"m{i}" not in kept.values()]
-    for model in wanted:
+    for model in sorted(wanted):
         if model not in kept and free:
             kept[model] = free.pop(0)
     return kept

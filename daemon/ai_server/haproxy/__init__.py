@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ai_server.base.errors import HaproxyConfigError
 from ai_server.base.files import atomic_write
-from ai_server.haproxy import maps
-from ai_server.haproxy.lua import LUA, lua
+from ai_server.haproxy import lua, maps
+from ai_server.haproxy.lua import LUA
 from ai_server.haproxy.maps import MapFile
 from ai_server.haproxy.render import RenderInput, render
 
@@ -51,11 +51,10 @@ def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir
     haproxy.cfg is rendered once: `haproxy -c` checks that very text in a trial folder inside
     the state dir, beside the new maps and Lua under their own names (the config names every
     file relative to its own folder: default-path config), so what was checked is what runs."""
-    ollama = spec.config.engine.kind == "ollama" and not spec.config.fronting
     text = render(spec)
     generated = {item.name: item.text() for item in map_files}
     if spec.lua:
-        generated[LUA] = lua(spec.config.proxy.queue_timeout, ollama)
+        generated[LUA] = lua.source()
         if not (state_dir / maps.HOLD).exists():
             atomic_write(state_dir / maps.HOLD, maps.hold_map(False).text())
     trial = Path(tempfile.mkdtemp(prefix=TRIAL_DIR, dir=state_dir))

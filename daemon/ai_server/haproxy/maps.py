@@ -9,12 +9,13 @@ before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Iterable
 
 from ai_server.access.allowlist import METHODS, MODEL_PLACEHOLDER, Allowlist, path_regex
-from ai_server.access.clients import UNKNOWN, Clients, Policy, normalize_glob
+from ai_server.access.clients import FRONT, UNKNOWN, Clients, Policy, normalize_glob
 from ai_server.access.tailscale import Peer
 
 ALLOW_PATHS = "allow-paths.map"
@@ -24,13 +25,9 @@ HOLD = "hold.map"
 MODEL_PATHS = "model-paths.map"
 TOKENS = "tokens.map"
 PEERS = "peers.map"
-CLIENT_FLAGS = "client-flags.map"
+CLIENTS = "clients.map"
 CLIENT_ROUTES = "client-routes.map"
 CLIENT_MODELS = "client-models.map"
-CLIENT_RPM = "client-rpm.map"
-CLIENT_RETRY = "client-retry.map"
-CLIENT_CONCURRENCY = "client-concurrency.map"
-CLIENT_PRIORITY = "client-priority.map"
 NODE_MODELS = "node-models.map"
 NODE_UNION = "node-union.map"
 FRONTS = "fronts.map"
@@ -73,14 +70,18 @@ def allowlist_maps(allowlist: Allowlist) -> list[MapFile]:
     it, whatever the paths map (which only tells 403 from 405) says in between.
 
       allow-routes.map  ^(GET|POST)@<path regex>$ -> 1   this method on this path is allowed
-      allow-paths.map   ^<path regex>$            -> 1   some rule names this path (else 403)
+      allow-paths.map   ^<path regex>$            -> m   some {model} rule names this path
+                                                  -> 1   some rule names this path (else 403)
 
     "@" is not an HTTP token character, so METHOD@path is unambiguous. A request is allowed
-    when any rule allows it (allowlist.decide says the same)."""
+    when any rule allows it (allowlist.decide says the same). {model} rules come first in
+    allow-paths.map, so its answer is "m" whenever one of them matches: only then (or for a
+    body) does the proxy run its model check."""
     routes = [(f"^({'|'.join(rule.methods)})@{path_regex(rule.path)[1:]}", "1") for rule in allowlist.rules]
-    paths = [(path_regex(rule.path), "1") for rule in allowlist.rules]
+    ordered = sorted(allowlist.rules, key=lambda r: MODEL_PLACEHOLDER not in r.path)
+    paths = [(path_regex(rule.path), "m" if MODEL_PLACEHOLDER in rule.path else "1") for rule in ordered]
     return [make(ALLOW_ROUTES, "METHOD@path regexes allowed by allowlist.toml", routes),
-            make(ALLOW_PATHS, "path regexes named by allowlist.toml", paths)]
+            make(ALLOW_PATHS, "path regexes named by allowlist.toml ({model} rules first: m)", paths)]
 
 
 def host_forms(addresses: Iterable[str], port: int, names: Iterable[str]) -> list[str]:
@@ -120,45 +121,72 @@ def model_paths_map(allowlist: Allowlist) -> MapFile:
 
 
 def glob_regex(glob: str) -> str:
-    """A model glob (model-name characters, * and ?) as an ERE over lower-cased names."""
+    """A model glob (model-name characters, * and ?) as an ERE over lower-cased names. Every
+    character of a glob is a literal in ERE but . (written [.]) and the two wildcards."""
     out = []
     for ch in glob.lower():
         out.append({"*": ".*", "?": ".", ".": "[.]"}.get(ch, ch))
     return "".join(out)
 
 
-def client_maps(clients: Clients, allowlist: Allowlist, peers: Iterable[Peer], ollama: bool) -> list[MapFile]:
+def client_ids(clients: Clients) -> dict[str, str]:
+    """name -> the short id the regex maps key a client by. Names are matched exactly
+    (clients.map, map_str); only these ids, which no user wrote, ever stand in a regex. An id
+    comes from the name alone, so it stays the client's while the maps are swapped one by one
+    after an edit that reorders clients.toml."""
+    names = [c.name for c in clients.clients] + [UNKNOWN, FRONT]
+    ids = {name: "c" + hashlib.sha256(name.encode()).hexdigest()[:12] for name in names}
+    if len(set(ids.values())) != len(ids):  # 48 bits: never seen, but never assumed either
+        ids = {name: f"c{hashlib.sha256(name.encode()).hexdigest()}" for name in names}
+    return ids
+
+
+def record(ident: str, policy: Policy, flags: str) -> str:
+    """A client's line in clients.map: id/flags/rpm/retry/concurrency/priority (haproxy.cfg
+    reads each with field(n,/)). Retry-After when over rpm: about when the window has room."""
+    retry = max(1, -(-60 // policy.rpm)) if policy.rpm else 60
+    return f"{ident}/{flags or '-'}/{policy.rpm}/{retry}/{policy.concurrency}/{policy.priority}"
+
+
+def client_records(clients: Clients, peers_known: bool) -> dict[str, str]:
+    """name -> record, for every client, unknown and front. Flags: p paths restricted, m models
+    restricted, d denied ([unknown] deny), w who is calling cannot be known yet (no peer map
+    was ever read, and clients.toml names devices, users or tags)."""
+    ids = client_ids(clients)
+
+    def letters(policy: Policy) -> str:
+        return ("p" if policy.paths is not None else "") + ("m" if not policy.any_model else "")
+
+    records = {c.name: record(ids[c.name], c.policy, letters(c.policy)) for c in clients.clients}
+    unknown = letters(clients.defaults) + ("d" if not clients.unknown_allowed else "")
+    unknown += "" if peers_known or not clients.uses_peers else "w"
+    records[UNKNOWN] = record(ids[UNKNOWN], clients.defaults, unknown)
+    records[FRONT] = record(ids[FRONT], Policy(), "")
+    return records
+
+
+def client_maps(clients: Clients, allowlist: Allowlist, peers: Iterable[Peer], ollama: bool,
+                peers_known: bool = True) -> list[MapFile]:
     """clients.toml and the tailnet's peers, as the maps the proxy's identity and policy rules
-    read. Every client and "unknown" has a row in each per-client map."""
+    read: who a token or a peer address is (by name), each name's record, and the routes and
+    models each client may use (by id)."""
+    ids = client_ids(clients)
     named = [(c.name, c.policy) for c in clients.clients] + [(UNKNOWN, clients.defaults)]
-
-    def flags(name: str, policy: Policy) -> str:
-        letters = ("p" if policy.paths is not None else "") + ("m" if not policy.any_model else "")
-        letters += "d" if name == UNKNOWN and not clients.unknown_allowed else ""
-        return letters or "-"
-
     routes = []
     for name, policy in named:
         for path in policy.paths or ():
             methods = sorted({m for r in allowlist.rules if r.path == path for m in r.methods}, key=METHODS.index)
             if methods:
-                routes.append((f"^{name}@({'|'.join(methods)})@{path_regex(path)[1:]}", "1"))
-    models = [(f"^{name}@{glob_regex(normalize_glob(glob, ollama))}$", "1")
+                routes.append((f"^{ids[name]}@({'|'.join(methods)})@{path_regex(path)[1:]}", "1"))
+    models = [(f"^{ids[name]}@{glob_regex(normalize_glob(glob, ollama))}$", "1")
               for name, policy in named if not policy.any_model for glob in policy.models]
-    # Retry-After for a client over its rpm: about when the window has room again.
-    retry = [(name, str(max(1, -(-60 // policy.rpm)) if policy.rpm else 60)) for name, policy in named]
     return [
         make(TOKENS, "SHA-256 of a token -> client", clients.tokens().items()),
         make(PEERS, "tailnet peer address -> client", clients.peer_table(peers).items()),
-        make(CLIENT_FLAGS, "client -> p: paths restricted, m: models restricted, d: denied",
-             [(name, flags(name, policy)) for name, policy in named]),
-        make(CLIENT_ROUTES, "client@METHOD@path regexes a client may use", routes),
-        make(CLIENT_MODELS, "client@model-glob regexes a client may use", models),
-        make(CLIENT_RPM, "client -> requests per minute (0: unlimited)", [(n, str(p.rpm)) for n, p in named]),
-        make(CLIENT_RETRY, "client -> Retry-After seconds when over its rpm", retry),
-        make(CLIENT_CONCURRENCY, "client -> requests in flight at once (0: unlimited)",
-             [(n, str(p.concurrency)) for n, p in named]),
-        make(CLIENT_PRIORITY, "client -> priority class", [(n, p.priority) for n, p in named]),
+        make(CLIENTS, "client -> id/flags/rpm/retry/concurrency/priority (flags: p paths, m models, "
+                      "d denied, w not known yet)", client_records(clients, peers_known).items()),
+        make(CLIENT_ROUTES, "id@METHOD@path regexes a client may use", routes),
+        make(CLIENT_MODELS, "id@model-glob regexes a client may use", models),
     ]
 
 
@@ -174,9 +202,10 @@ def node_maps(assignment: dict[str, str], answers: dict[str, str]) -> list[MapFi
 
 
 def every_map(allowlist: Allowlist, addresses: Iterable[str], port: int, names: Iterable[str], clients: Clients,
-              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = ()) -> list[MapFile]:
+              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = (),
+              peers_known: bool = True) -> list[MapFile]:
     """Every map haproxy.cfg reads but the node maps (node_maps: a front's, built by its
     Fleet), in the order they are swapped in: the allowlist's routes before its paths, then
     Host names, then who may use what."""
     return [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
-            *client_maps(clients, allowlist, peers, ollama), fronts_map(fronts)]
+            *client_maps(clients, allowlist, peers, ollama, peers_known), fronts_map(fronts)]

@@ -1,0 +1,182 @@
+"""The model a request names, read exactly as the proxy's Lua reads it (haproxy/ai_server.lua):
+its Python twin, for the policy model (policy.py). tests/unit/test_model_scan.py holds the two
+to the same verdicts, and the Lua to Go's encoding/json, which Ollama decodes bodies with.
+
+From a {model} path segment, and from the body's top-level "model" and "name" keys, compared
+without case after unescaping (Go matches a key to a struct field that way and keeps the last
+of two): `{"model":"a","MODEL":"b"}` names b to Ollama and a to a naive reader, so two
+different names are refused, never guessed. Pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+OK, TWO, BAD, SLOW = "ok", "two", "bad", "slow"
+_STRUCTURE = re.compile(rb'[{}\[\]"]')
+_NOT_SPACE = re.compile(rb"[^ \t\r\n]")
+_HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]*")
+_NAME = re.compile(r"[a-z0-9._:/-]+")
+_ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b", ord("f"): b"\f", ord("n"): b"\n",
+            ord("r"): b"\r", ord("t"): b"\t"}
+
+
+def _skip_ws(body: bytes, i: int) -> int | None:
+    found = _NOT_SPACE.search(body, i)
+    return found.start() if found else None
+
+
+def _string_end(body: bytes, i: int) -> int | None:
+    """The closing quote of the string opening at i: the next quote not escaped by an odd run
+    of backslashes."""
+    j = i + 1
+    while True:
+        q = body.find(b'"', j)
+        if q < 0:
+            return None
+        k = q - 1
+        while body[k] == 92:
+            k -= 1
+        if (q - 1 - k) % 2 == 0:
+            return q
+        j = q + 1
+
+
+def _char(code: int) -> bytes:
+    # Lua 5.3's utf8.char: any code point, surrogates included, as UTF-8-shaped bytes.
+    if code < 0x80:
+        return bytes([code])
+    if code < 0x800:
+        return bytes([0xC0 | code >> 6, 0x80 | code & 0x3F])
+    if code < 0x10000:
+        return bytes([0xE0 | code >> 12, 0x80 | code >> 6 & 0x3F, 0x80 | code & 0x3F])
+    return bytes([0xF0 | code >> 18, 0x80 | code >> 12 & 0x3F, 0x80 | code >> 6 & 0x3F, 0x80 | code & 0x3F])
+
+
+def unescape(raw: bytes) -> bytes | None:
+    """A JSON string's content unescaped as Go does it (a lone surrogate: U+FFFD); None for a
+    malformed escape."""
+    out, i, n = [], 0, len(raw)
+    while i < n:
+        b = raw.find(b"\\", i)
+        if b < 0:
+            out.append(raw[i:])
+            break
+        out.append(raw[i:b])
+        c = raw[b + 1] if b + 1 < n else -1
+        if c == ord("u"):
+            if not _HEX4.fullmatch(raw, b + 2, b + 6):
+                return None
+            code = int(raw[b + 2:b + 6], 16)
+            i = b + 6
+            if 0xD800 <= code <= 0xDFFF:
+                low = int(raw[i + 2:i + 6], 16) if (code <= 0xDBFF and raw[i:i + 2] == b"\\u"
+                                                    and _HEX4.fullmatch(raw, i + 2, i + 6)) else -1
+                if 0xDC00 <= low <= 0xDFFF:
+                    code = 0x10000 + (code - 0xD800) * 0x400 + (low - 0xDC00)
+                    i += 6
+                else:
+                    code = 0xFFFD
+            out.append(_char(code))
+        elif c in _ESCAPES:
+            out.append(_ESCAPES[c])
+            i = b + 2
+        else:
+            return None
+    return b"".join(out)
+
+
+def _value(body: bytes, colon: int) -> tuple[bytes | None, int | None, str | None]:
+    """The string value after a model key: (value, where to go on, problem)."""
+    v = _skip_ws(body, colon + 1)
+    if v is not None and body[v] == 34:
+        end = _string_end(body, v)
+        if end is None:
+            return None, None, "the request body is not valid JSON"
+        raw = body[v + 1:end]
+        value = unescape(raw) if b"\\" in raw else raw
+        if value is None:
+            return None, None, "the model name has a malformed escape"
+        return value, end + 1, None
+    if v is not None and body[v:v + 4] != b"null":
+        return None, None, "the model must be a string"
+    return None, None, None
+
+
+def body_models(body: bytes) -> tuple[list[bytes] | None, str | None]:
+    """Every value of the body's top-level "model" and "name" keys, or (None, why not)."""
+    first = _skip_ws(body, 0)
+    if first is None or body[first] != 123:
+        return [], None
+    depth, pos = 0, first
+    found: list[bytes] = []
+    while True:
+        match = _STRUCTURE.search(body, pos)
+        if match is None:
+            return found, None
+        s = match.start()
+        c = body[s]
+        if c == 34:
+            end = _string_end(body, s)
+            if end is None:
+                return None, "the request body is not valid JSON"
+            pos = end + 1
+            colon = _skip_ws(body, pos) if depth == 1 else None
+            if colon is not None and body[colon] == 58:
+                key = body[s + 1:end]
+                if b"\\" in key:
+                    key = unescape(key) or b""
+                if key.lower() in (b"model", b"name"):
+                    value, after, problem = _value(body, colon)
+                    if problem:
+                        return None, problem
+                    if value is not None:
+                        found.append(value)
+                        pos = after or pos
+        else:
+            depth += 1 if c in (123, 91) else -1
+            pos = s + 1
+
+
+def normalize(name: bytes | str, ollama: bool) -> str | None:
+    """Lower case, [a-z0-9._:/-]{1,256}, and for Ollama ":latest" when no tag; None otherwise."""
+    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogatepass")
+    low = bytes(raw).lower()
+    if not 0 < len(low) <= 256 or not _NAME.fullmatch(low.decode("latin-1")):
+        return None
+    text = low.decode("ascii")
+    if ollama and ":" not in text.rsplit("/", 1)[-1]:
+        text += ":latest"
+    return text
+
+
+def path_model(path: str, prefix: str, suffix: str) -> str | None:
+    """The {model} segments of `path` for one rule's prefix and suffix, or None."""
+    if len(path) <= len(prefix) + len(suffix) or not path.startswith(prefix) or not path.endswith(suffix):
+        return None
+    middle = path[len(prefix):len(path) - len(suffix)]
+    segments = middle.split("/")
+    if len(segments) > 4 or not all(_SEGMENT.fullmatch(s) for s in segments):
+        return None
+    return middle
+
+
+def judge(path: str, body: bytes, rules: Sequence[tuple[str, str]], ollama: bool) -> tuple[str, str | None]:
+    """(OK, model or None) | (TWO, None) | (BAD, why). `rules`: each {model} rule's path as
+    (prefix, suffix)."""
+    names: list[bytes | str] = [m for m in (path_model(path, p, s) for p, s in rules) if m is not None]
+    if body:
+        found, problem = body_models(body)
+        if found is None:
+            return BAD, problem
+        names += found
+    if not names:
+        return OK, None
+    model = normalize(names[0], ollama)
+    if any(normalize(n, ollama) != model for n in names[1:]):
+        return TWO, None
+    if model is None:
+        return BAD, "not a model name (letters, digits, . _ : / -)"
+    return OK, model

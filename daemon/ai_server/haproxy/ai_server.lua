@@ -1,0 +1,215 @@
+-- ai_server.lua: the two things haproxy.cfg asks Lua for. Copied verbatim into the state dir
+-- (haproxy/lua.py); nothing in it is generated, and nothing a user wrote reaches it. What
+-- changes while HAProxy runs reaches it through variables that haproxy.cfg sets:
+--   proc.ais_hold_ms   how long a request may wait for a restarting engine (global set-var)
+--   proc.ais_scan_ms   how long the model check may take on one body (global set-var)
+--   proc.ais_ollama    1 when names compare as Ollama's, with its implicit ":latest"
+--   txn.model_rules    the allowlist's {model} rules as prefix|suffix pairs (model-paths.map)
+--
+-- Loaded by plain Lua 5.3 (no `core`), it only returns its pure functions, for the tests.
+
+local find, byte, sub, lower, concat = string.find, string.byte, string.sub, string.lower, table.concat
+
+local M = {}
+
+local function skip_ws(s, i)
+  return find(s, "[^ \t\r\n]", i)
+end
+
+-- The closing quote of the JSON string whose opening quote is at i: the next quote not
+-- escaped by an odd run of backslashes. nil when the string never ends.
+local function string_end(s, i)
+  local j = i + 1
+  while true do
+    local q = find(s, '"', j, true)
+    if not q then return nil end
+    local k = q - 1
+    while byte(s, k) == 92 do k = k - 1 end
+    if (q - 1 - k) % 2 == 0 then return q end
+    j = q + 1
+  end
+end
+
+local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+
+-- A JSON string's content, unescaped as Go's decoder does it (a lone surrogate becomes
+-- U+FFFD); nil when an escape is malformed, which Go refuses too.
+function M.unescape(raw)
+  local out, i, n = {}, 1, #raw
+  while i <= n do
+    local b = find(raw, "\\", i, true)
+    if not b then out[#out + 1] = sub(raw, i); break end
+    out[#out + 1] = sub(raw, i, b - 1)
+    local c = sub(raw, b + 1, b + 1)
+    if c == "u" then
+      local hex = sub(raw, b + 2, b + 5)
+      if not find(hex, "^%x%x%x%x$") then return nil end
+      local code = tonumber(hex, 16)
+      i = b + 6
+      if code >= 0xD800 and code <= 0xDFFF then
+        local low = code <= 0xDBFF and sub(raw, i, i + 1) == "\\u" and tonumber(sub(raw, i + 2, i + 5), 16)
+        if low and find(sub(raw, i + 2, i + 5), "^%x%x%x%x$") and low >= 0xDC00 and low <= 0xDFFF then
+          code = 0x10000 + (code - 0xD800) * 0x400 + (low - 0xDC00)
+          i = i + 6
+        else
+          code = 0xFFFD
+        end
+      end
+      out[#out + 1] = utf8.char(code)
+    elseif ESCAPES[c] then
+      out[#out + 1] = ESCAPES[c]
+      i = b + 2
+    else
+      return nil
+    end
+  end
+  return concat(out)
+end
+
+-- Every value of the body's top-level "model" and "name" keys, compared without case and
+-- after unescaping (Go matches a key to a field that way, and keeps the last of two): a
+-- list, or nil and why not. `late()` is asked every 4096 tokens whether the time is up.
+-- Keys are read at every depth-1 position, after the first value too: what Go ignores is
+-- judged anyway, so nothing an engine might read escapes the check.
+function M.body_models(body, late)
+  local first = skip_ws(body, 1)
+  if not first or byte(body, first) ~= 123 then return {} end  -- not a JSON object: names nothing
+  local depth, found, pos, tokens = 0, {}, first, 0
+  while true do
+    local s = find(body, '[{}%[%]"]', pos)
+    if not s then break end
+    tokens = tokens + 1
+    if tokens % 4096 == 0 and late() then return nil, "slow" end
+    local c = byte(body, s)
+    if c == 34 then
+      local e = string_end(body, s)
+      if not e then return nil, "the request body is not valid JSON" end
+      pos = e + 1
+      if depth == 1 then
+        local colon = skip_ws(body, pos)
+        if colon and byte(body, colon) == 58 then
+          local key = sub(body, s + 1, e - 1)
+          if find(key, "\\", 1, true) then key = M.unescape(key) or "" end
+          key = lower(key)
+          if key == "model" or key == "name" then
+            local v = skip_ws(body, colon + 1)
+            if v and byte(body, v) == 34 then
+              local ve = string_end(body, v)
+              if not ve then return nil, "the request body is not valid JSON" end
+              local value = sub(body, v + 1, ve - 1)
+              if find(value, "\\", 1, true) then value = M.unescape(value) end
+              if not value then return nil, "the model name has a malformed escape" end
+              found[#found + 1] = value
+              pos = ve + 1
+            elseif v and sub(body, v, v + 3) ~= "null" then
+              return nil, "the model must be a string"
+            end
+          end
+        end
+      end
+    elseif c == 123 or c == 91 then
+      depth = depth + 1
+      pos = s + 1
+    else
+      depth = depth - 1
+      pos = s + 1
+    end
+  end
+  return found
+end
+
+-- A model name as the proxy compares it (access/clients.normalize_model does the same):
+-- lower case, at most 256 characters of [a-z0-9._:/-], and for Ollama ":latest" when no tag.
+function M.normalize(name, ollama)
+  name = lower(name)
+  if #name == 0 or #name > 256 or not find(name, "^[a-z0-9%._:/%-]+$") then return nil end
+  if ollama and not find(name, ":[^/]*$") then name = name .. ":latest" end
+  return name
+end
+
+-- One segment of a model name, as the allowlist's {model} allows it.
+local function segment_ok(seg)
+  return find(seg, "^[%w_][%w%._:%-]*$") ~= nil
+end
+
+-- The {model} segments of `path` for a rule's prefix and suffix, or nil.
+function M.path_model(path, prefix, suffix)
+  if #path <= #prefix + #suffix or sub(path, 1, #prefix) ~= prefix or sub(path, #path - #suffix + 1) ~= suffix then
+    return nil
+  end
+  local middle = sub(path, #prefix + 1, #path - #suffix)
+  local count = 0
+  for seg in string.gmatch(middle .. "/", "([^/]*)/") do
+    count = count + 1
+    if count > 4 or not segment_ok(seg) then return nil end
+  end
+  return middle
+end
+
+-- model-paths.map's one value ("prefix|suffix,prefix|suffix", or "-") as a list of pairs.
+function M.rules(text)
+  local rules = {}
+  for prefix, suffix in string.gmatch(text or "", "([^|,]*)|([^|,]*)") do rules[#rules + 1] = { prefix, suffix } end
+  return rules
+end
+
+-- The verdict on one request: "ok" and the model it names (nil: none), "two" (it names two
+-- different models), "bad" and why (it cannot name one: not JSON, not a string, not a
+-- name), or "slow" (it could not be read in time). Every name the path and body give counts.
+function M.judge(path, body, rules, ollama, late)
+  local names = {}
+  for _, rule in ipairs(rules) do
+    local found = M.path_model(path, rule[1], rule[2])
+    if found then names[#names + 1] = found end
+  end
+  if body and #body > 0 then
+    local found, problem = M.body_models(body, late)
+    if not found then
+      if problem == "slow" then return "slow" end
+      return "bad", problem
+    end
+    for _, name in ipairs(found) do names[#names + 1] = name end
+  end
+  if #names == 0 then return "ok", nil end
+  local model = M.normalize(names[1], ollama)
+  for i = 2, #names do
+    if M.normalize(names[i], ollama) ~= model then return "two" end
+  end
+  if not model then return "bad", "not a model name (letters, digits, . _ : / -)" end
+  return "ok", model
+end
+
+if core == nil then return M end
+
+-- In HAProxy. One Lua state per thread (lua-load-per-thread), so a long body read on one
+-- thread never waits for another's.
+
+local hold = Map.new("hold.map", Map._str)
+
+-- While the engine restarts, requests wait here (the supervisor flips hold.map).
+core.register_action("ai_server_hold", { "http-req" }, function(txn)
+  local limit = tonumber(txn:get_var("proc.ais_hold_ms")) or 0
+  local waited = 0
+  while hold:lookup("hold") == "1" and waited < limit do
+    core.msleep(50)
+    waited = waited + 50
+  end
+end, 0)
+
+local function now_ms()
+  local t = core.now()
+  return t.sec * 1000 + t.usec / 1000
+end
+
+-- The model, into txn.model, and the verdict into txn.model_verdict. haproxy.cfg refuses a
+-- request whose verdict was never set (this action failed or was cut short): the default is
+-- refusal, never a pass.
+core.register_action("ai_server_model", { "http-req" }, function(txn)
+  local budget = tonumber(txn:get_var("proc.ais_scan_ms")) or 0
+  local deadline = now_ms() + budget
+  local verdict, detail = M.judge(txn.f:path() or "", txn.f:req_body(), M.rules(txn:get_var("txn.model_rules")),
+                                  txn:get_var("proc.ais_ollama") == 1, function() return now_ms() > deadline end)
+  if verdict == "ok" and detail then txn:set_var("txn.model", detail) end
+  if verdict == "bad" then txn:set_var("txn.model_problem", detail) end
+  txn:set_var("txn.model_verdict", verdict)
+end, 0)

@@ -1,0 +1,206 @@
+"""The model check (haproxy/ai_server.lua) under Debian's lua5.3, without HAProxy: its verdicts
+on the cases that matter, its Python twin (access/modelscan.py, the policy model's) held to the
+same verdicts, and both held to Go's encoding/json reading the body as Ollama's handlers do
+(tests/gojson: gin's ShouldBindJSON, one Decode into the request struct), over thousands of
+generated bodies. The property that matters: whenever the check lets a body through as naming
+model M (or none), Go reads M (or none) too."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ai_server.access import modelscan
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA_FILE = ROOT / "daemon" / "ai_server" / "haproxy" / "ai_server.lua"
+DRIVER = ROOT / "tests" / "fixtures" / "lua_judge.lua"
+LUA = shutil.which("lua5.3")
+GO = shutil.which("go")
+needs_lua = pytest.mark.skipif(LUA is None, reason="needs Debian's lua5.3 (.ci/dev test installs it)")
+CHAT = "/v1/chat/completions"
+
+
+def frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def lua_judge(cases: list[tuple[str, bytes]], rules: str = "-", ollama: bool = True, late: bool = False) -> list[tuple[str, str]]:
+    data = b"".join(frame(p.encode()) + frame(b) + (b"\1" if ollama else b"\0") for p, b in cases)
+    args = [str(LUA), str(DRIVER), str(LUA_FILE), rules] + (["late"] if late else [])
+    out = subprocess.run(args, input=data, capture_output=True, check=True, timeout=120).stdout.decode("utf-8", "replace")
+    lines = out.split("\n")[:-1]
+    assert len(lines) == len(cases), out[-500:]
+    return [tuple(line.split("\t", 1)) for line in lines]  # type: ignore[misc]
+
+
+@needs_lua
+@pytest.mark.parametrize("body, verdict, model", [
+    (b'{"model":"Qwen2.5-Coder:32B","messages":[]}', "ok", "qwen2.5-coder:32b"),
+    (b'{"messages":[],"model":"llama3"}', "ok", "llama3:latest"),
+    # Go keeps the last of two keys and matches them without case: two different names refused.
+    (b'{"model":"a","MODEL":"b"}', "two", ""),
+    (b'{"model":"a","Model":"A:latest"}', "ok", "a:latest"),  # the same name twice
+    (b'{"messages":[],"mod\\u0065l":"qwen:7b"}', "ok", "qwen:7b"),  # an escaped key is the key
+    (b'{"m\\u006Fdel":"x","model":"y"}', "two", ""),
+    (b'{"name":"llama3"}', "ok", "llama3:latest"),  # /api/show's name
+    (b'{"model":"x","name":"y"}', "two", ""),
+    (b'{"a":{"model":"z"},"b":[{"model":"w"}],"model":"y"}', "ok", "y:latest"),  # nested keys are no model
+    (b'{"a":"{\\"model\\":\\"z\\"}","model":"y"}', "ok", "y:latest"),  # nor is one inside a string
+    (b'{"a":"\\\\","model":"y"}', "ok", "y:latest"),  # an escaped backslash ends no string early
+    (b'{"model":null}', "ok", ""),
+    (b'{"model":1}', "bad", "the model must be a string"),
+    (b'{"model":["x"]}', "bad", "the model must be a string"),
+    (b'{"model":"a b"}', "bad", "not a model name (letters, digits, . _ : / -)"),
+    (b'{"model":"\\x"}', "bad", "the model name has a malformed escape"),
+    (b'{"model":"unterminated', "bad", "the request body is not valid JSON"),
+    (b'{"model":"ok"} {"model":"other"}', "two", ""),  # what Go never reads is judged anyway
+    (b'[{"model":"x"}]', "ok", ""),  # not an object: names nothing (Go refuses it)
+    (b' \n\t{ "model" : "x" }', "ok", "x:latest"),
+])
+def test_the_lua_reads_the_model_as_go_would(body: bytes, verdict: str, model: str) -> None:
+    assert lua_judge([(CHAT, body)]) == [(verdict, model)]
+    expected = modelscan.judge(CHAT, body, [], True)
+    assert (expected[0], expected[1] or "") == (verdict, model)  # the Python twin agrees
+
+
+@needs_lua
+def test_models_in_the_path_count_with_those_in_the_body() -> None:
+    rules = "/v1/models/|,/api/x/|/y"
+    cases = [("/v1/models/hf.co/org/repo:Q4", b""), ("/v1/models/a/b/c/d/e", b""), ("/api/x/m1/y", b'{"model":"m2"}'),
+             ("/api/x/m1/y", b'{"model":"M1"}'), ("/v1/models/..", b"")]
+    assert lua_judge(cases, rules) == [("ok", "hf.co/org/repo:q4"), ("ok", ""), ("two", ""), ("ok", "m1:latest"), ("ok", "")]
+    assert lua_judge([("/v1/models/llama3", b"")], rules, ollama=False) == [("ok", "llama3")]
+
+
+@needs_lua
+def test_a_body_it_cannot_read_in_time_is_slow_never_passed() -> None:
+    """The scan asks the clock every 4096 tokens: a body of many tiny strings, read past its
+    time, is "slow" (haproxy.cfg refuses it, 413); a short body is read whatever the clock."""
+    tiny = b'{"messages":[' + b'{"role":"user","content":"ab"},' * 3000 + b'{}],"model":"x"}'
+    assert lua_judge([(CHAT, tiny), (CHAT, b'{"model":"x"}')], late=True) == [("slow", ""), ("ok", "x:latest")]
+    assert lua_judge([(CHAT, tiny)]) == [("ok", "x:latest")]
+
+
+# -- generated bodies ------------------------------------------------------------------------
+
+KEYS = [b'"model"', b'"MODEL"', b'"Model"', b'"mod\\u0065l"', b'"m\\u006fdel"', b'"name"', b'"NAME"', b'"nAmE"',
+        b'"messages"', b'"stream"', b'"modeL"', b'"model "', b'"mode"', b'"models"', b'"\\u006dodel"', b'"model\\u0000"',
+        b'"mod\\el"', b'"n\\u0061me"', b'"options"']
+NAMES = [b'"qwen2.5-coder:32b"', b'"QWEN2.5-CODER:32B"', b'"llama3"', b'"llama3:latest"', b'"smollm2:135m"',
+         b'"hf.co/org/repo:Q4_K_M"', b'"a"', b'"A"', b'""', b'"a b"', b'"qw\\u0065n:7b"', b'"x\\"y"', b'"\\\\"',
+         b'"\\ud83d\\ude00"', b'"\\ud800"', b'"caf\xc3\xa9"', b'"\xff"', b'"l\\/m"', b'"\\u0041"']
+SCALARS = [b"null", b"1", b"-2.5e3", b"true", b"false", b'"text with { and ] and \\" inside"', b'"\\n\\t"', b'"}"',
+           b'"\\\\\\""', b'"model"', b"[]", b"{}"]
+SPACES = [b"", b" ", b"\n", b"\t", b"\r\n  "]
+TAILS = [b"", b" ", b' {"model":"evil"}', b"garbage", b"]", b"}", b"\x00"]
+HEADS = [b"", b"\xef\xbb\xbf", b" ", b"[", b"x"]
+
+
+def random_value(rng: random.Random, depth: int) -> bytes:
+    roll = rng.random()
+    if depth < 3 and roll < 0.2:
+        return random_object(rng, depth + 1)
+    if depth < 3 and roll < 0.3:
+        return b"[" + b",".join(random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))) + b"]"
+    return rng.choice(NAMES if roll < 0.7 else SCALARS)
+
+
+def random_object(rng: random.Random, depth: int = 0) -> bytes:
+    members = [rng.choice(SPACES) + rng.choice(KEYS) + rng.choice(SPACES) + b":" + rng.choice(SPACES)
+               + random_value(rng, depth) + rng.choice(SPACES) for _ in range(rng.randint(0, 5))]
+    return b"{" + b",".join(members) + b"}"
+
+
+def random_body(rng: random.Random) -> bytes:
+    """A request body from the pieces that trip readers up: keys in other cases and escaped,
+    model names with escapes and bad UTF-8, nesting, strings full of brackets and quotes,
+    something after the object, something before it, or the body cut short."""
+    body = random_object(rng)
+    roll = rng.random()
+    if roll < 0.15:
+        return body + rng.choice(TAILS)
+    if roll < 0.25:
+        return rng.choice(HEADS) + body
+    if roll < 0.35:
+        return body[:rng.randint(0, len(body))]
+    return body
+
+
+def generated(seed: int, count: int) -> list[bytes]:
+    """`count` bodies, the same ones for the same seed: a failure names its seed and body."""
+    rng = random.Random(seed)
+    return [random_body(rng) for _ in range(count)]
+
+
+@needs_lua
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_python_twin_judges_as_the_lua_does(seed: int) -> None:
+    """The policy model (access/policy.py) reads bodies with modelscan; the proxy with the Lua.
+    3 × 2,000 generated bodies."""
+    bodies = generated(seed, 2000)
+    for body, (verdict, detail) in zip(bodies, lua_judge([(CHAT, b) for b in bodies]), strict=True):
+        twin, twin_detail = modelscan.judge(CHAT, body, [], True)
+        assert (twin, twin_detail or "") == (verdict, detail), (seed, body)
+
+
+@pytest.fixture(scope="module")
+def go_decoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tests/gojson built with Debian's golang-go (standard library only, no network)."""
+    if GO is None:
+        pytest.skip("needs Debian's golang-go (.ci/dev test installs it)")
+    work = tmp_path_factory.mktemp("gojson")
+    shutil.copy(ROOT / "tests" / "gojson" / "main.go", work / "main.go")
+    (work / "go.mod").write_text("module gojson\n\ngo 1.19\n")
+    env = {**os.environ, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOFLAGS": "-mod=mod",
+           "GOPROXY": "off", "CGO_ENABLED": "0"}
+    subprocess.run([GO, "build", "-o", str(work / "decode"), "."], cwd=work, env=env, check=True, capture_output=True,
+                   timeout=300)
+    yield work / "decode"
+
+
+def go_read(decoder: Path, bodies: list[bytes]) -> list[dict]:
+    out = subprocess.run([str(decoder)], input=b"".join(frame(b) for b in bodies), capture_output=True, check=True,
+                         timeout=120).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@needs_lua
+@pytest.mark.parametrize("seed", [11, 12, 13, 14, 15])
+def test_what_the_check_lets_through_names_what_go_reads(go_decoder: Path, seed: int) -> None:
+    """5 × 2,000 generated bodies, each read by the Lua and by Go: a body the check passes as
+    naming model M (or none) is one Go decodes with M (or nothing) in every field the engine
+    reads a model from. Where they differ the check refuses ("two", 400) or names nothing it
+    can judge by ("bad": a restricted client is refused); never a different model."""
+    bodies = generated(seed, 2000)
+    lua = lua_judge([(CHAT, b) for b in bodies])
+    decoded = go_read(go_decoder, bodies)
+    passed = 0
+    for body, (verdict, detail), go in zip(bodies, lua, decoded, strict=True):
+        if not go["ok"] or verdict != "ok":
+            continue
+        passed += 1
+        named = [n for n in (go["model"], go["name"]) if n]
+        if detail == "":
+            assert named == [], (seed, body, go)
+        else:
+            assert all(modelscan.normalize(n.encode("utf-8", "surrogatepass"), True) == detail for n in named), (seed, body, go)
+    assert passed > 500  # the generator reaches bodies both accept, not only broken ones
+
+
+@needs_lua
+def test_go_reads_the_tricky_cases_as_the_check_assumes(go_decoder: Path) -> None:
+    """What the check's design rests on, asked of Go itself."""
+    cases = [b'{"model":"a","MODEL":"b"}', b'{"MODEL":"b","model":"a"}', b'{"mod\\u0065l":"x"}', b'{"model":null}',
+             b'{"model":"a"} {"model":"b"}', b'[{"model":"a"}]', b'{"Name":"s"}', b'{"model":1}']
+    assert [(g["ok"], g["model"], g["name"]) for g in go_read(go_decoder, cases)] == [
+        (True, "b", ""), (True, "a", ""), (True, "x", ""), (True, "", ""), (True, "a", ""), (False, "", ""),
+        (True, "", "s"), (False, "", "")]
