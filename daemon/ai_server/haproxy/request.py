@@ -36,6 +36,7 @@ DROPPED_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override
                    "X-Ai-Server-Class", "X-Ai-Server-Client")
 # Retry-After for "not yet": the tailnet is read again every 5 s; a body slot turns over fast.
 RETRY_S = 5
+NOT_KNOWN = "who is calling is not known yet (tailscale status)"
 NO_MODEL = "this client may only use some models, and the request names none it can be judged by"
 _CONTROL = "'[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]'"
 
@@ -135,7 +136,7 @@ def _identity(spec: RenderInput) -> list[str]:
         "    http-request set-var(txn.flags) var(txn.pol),field(2,/)",
         "    # No peer map read yet (the tailscale CLI failing since start) while clients.toml",
         "    # names devices: who is calling is not known, and guessing \"unknown\" could widen access.",
-        f"    http-request {refusal(503, 'identity', 'who is calling is not known yet (tailscale status)', headers=(('Retry-After', str(RETRY_S)),))} "
+        f"    http-request {refusal(503, 'identity', NOT_KNOWN, headers=(('Retry-After', str(RETRY_S)),))} "
         "if { var(txn.flags) -m sub w } on_tailnet",
         f"    http-request {refusal(403, 'unknown', 'this device is not a client ([unknown] policy = deny)')} "
         "if { var(txn.flags) -m sub d }",
