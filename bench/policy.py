@@ -108,12 +108,13 @@ def model_check_cost(root: Path, body: str, count: int) -> float:
     import subprocess
 
     from ai_server.haproxy import maps
-    from ai_server.haproxy.lua import LUA, lua
+    from ai_server.haproxy import lua
+    from ai_server.haproxy.lua import LUA, OLLAMA, SCAN_MS
     from harness import free_port
 
     folder = root / f"lua-bench-{time.monotonic_ns()}"
     folder.mkdir()
-    (folder / LUA).write_text(lua(1, ollama=True))
+    (folder / LUA).write_text(lua.source())
     for name in (maps.HOLD, maps.MODEL_PATHS):
         (folder / name).write_text("")
     with_port, without_port = free_port(), free_port()
@@ -121,7 +122,9 @@ def model_check_cost(root: Path, body: str, count: int) -> float:
     for port, action in ((with_port, "    http-request lua.ai_server_model\n"), (without_port, "")):
         frontends += (f"frontend f{port}\n    bind 127.0.0.1:{port}\n    http-request wait-for-body time 10s at-least 3000000\n"
                       f"{action}    http-request return status 200 content-type text/plain string ok\n")
-    (folder / "bench.cfg").write_text(f"global\n    default-path config\n    tune.bufsize 4194304\n    lua-load-per-thread {LUA}\n"
+    (folder / "bench.cfg").write_text(f"global\n    default-path config\n    tune.bufsize 4194304\n"
+                                      f"    set-var {SCAN_MS} int({lua.SCAN_BUDGET_MS})\n    set-var {OLLAMA} int(1)\n"
+                                      f"    lua-load-per-thread {LUA}\n"
                                       "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n"
                                       f"    timeout server 30s\n{frontends}")
     proc = subprocess.Popen([shutil.which("haproxy") or "/usr/sbin/haproxy", "-dMglobal", "-db", "-f",
