@@ -52,7 +52,7 @@ def main() -> int:
             return elapsed
 
         for name in conns:
-            wait_for(lambda: once(name, SMALL) > 0, 10, what=name)
+            wait_for(lambda name=name: once(name, SMALL) > 0, 10, what=name)
             for _ in range(200):
                 once(name, SMALL)
         small: dict[str, list[float]] = {name: [] for name in conns}
@@ -107,8 +107,7 @@ def model_check_cost(root: Path, body: str, count: int) -> float:
     import shutil
     import subprocess
 
-    from ai_server.haproxy import maps
-    from ai_server.haproxy import lua
+    from ai_server.haproxy import lua, maps
     from ai_server.haproxy.lua import LUA, OLLAMA, SCAN_MS
     from harness import free_port
 
