@@ -15,9 +15,7 @@ CLASS_LINES, FUNCTION_LINES = 250, 60
 KNOWN: dict[str, str] = {
     # One source line per haproxy.cfg line: the block reads as the config it writes, and
     # splitting it would scatter one HAProxy section over several functions.
-    "ai_server.haproxy.render:_frontend": "one haproxy.cfg frontend section, line for line",
-    "ai_server.haproxy.render:_node_backends": "one haproxy.cfg backend per node, line for line",
-    "ai_server.haproxy.fronting:node_backends": "policy's home for _node_backends (same reason)",
+    "ai_server.haproxy.fronting:node_backends": "a front's node backends, line for line as in haproxy.cfg",
 }
 
 
