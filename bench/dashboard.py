@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stats import percentile  # noqa: E402
 
-from harness import PROXY_HOST, dispose, free_port, new_stack  # noqa: E402
+from harness import PROXY_HOST, dispose, new_stack  # noqa: E402
 
 CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -110,8 +110,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4000, help="latency requests each way")
     args = parser.parse_args()
     stack = new_stack(engine_env={"FAKE_OLLAMA_TOKENS": "4"})
-    port = free_port()
-    stack.write_config(stack.default_config() + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
+    port = stack.metrics_port
     try:
         stack.start()
         proc = psutil.Process(stack.proc.pid)  # type: ignore[union-attr]

@@ -71,7 +71,7 @@ def main() -> int:
         targets = {"direct": ("127.0.0.1", stack.engine_port), "ai-server (HAProxy)": (PROXY_HOST, stack.proxy_port)}
         if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
             root = Path(tempfile.mkdtemp(prefix="nginx-", dir=stack.root))
-            port = free_port(NGINX_HOST)
+            port = free_port()
             (root / "nginx.conf").write_text(nginx_config(root, port, stack.engine_port))
             nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(root / "nginx.conf")],
                                      stderr=subprocess.DEVNULL)
@@ -90,7 +90,7 @@ def main() -> int:
             return elapsed
 
         for name in conns:  # connect, warm up
-            wait_for(lambda: once(name) > 0, 10, what=f"{name} answering")
+            wait_for(lambda: once(name) > 0, what=f"{name} answering")
             for _ in range(200):
                 once(name)
         samples: dict[str, list[float]] = {name: [] for name in conns}

@@ -74,7 +74,7 @@ class Fleet:
             self.front.write_config(self.front.default_config().replace("[engine]\n", '[engine]\nkind = "none"\n')
                                     .replace("[proxy]\n", "[proxy]\nqueue_timeout = 600\n") + tables)
             self.front.start()
-            wait_for(self.ready, 30, what="every node up with the model")
+            wait_for(self.ready, what="every node up with the model")
         except BaseException:
             self.close()
             raise

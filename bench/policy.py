@@ -52,7 +52,7 @@ def main() -> int:
             return elapsed
 
         for name in conns:
-            wait_for(lambda name=name: once(name, SMALL) > 0, 10, what=name)
+            wait_for(lambda name=name: once(name, SMALL) > 0, what=name)
             for _ in range(200):
                 once(name, SMALL)
         small: dict[str, list[float]] = {name: [] for name in conns}
@@ -137,7 +137,7 @@ def model_check_cost(root: Path, body: str, count: int) -> float:
             conns[port].getresponse().read()
             return (time.perf_counter_ns() - started) / 1e6
 
-        wait_for(lambda: all(_answers(p) for p in conns), 10, what="bench frontends")
+        wait_for(lambda: all(_answers(p) for p in conns), what="bench frontends")
         samples: dict[int, list[float]] = {with_port: [], without_port: []}
         for _ in range(count):
             for port in conns:

@@ -88,10 +88,7 @@ def summarize(stack: Any, results: list[dict], seconds: float, capacity: float |
                 service.append((event["t_total_ms"] - event["t_queue_ms"] - max(0, event.get("t_request_ms") or 0)) / 1000)
     ttft = {c: [r["ttft"] for r in results if r["class"] == c and r["ttft"] is not None] for c in ("interactive", "batch")}
     tokens = sum(r["chunks"] for r in results)
-    try:
-        peak = json.loads((stack.root / "concurrency.json").read_text())["peak"]
-    except (OSError, ValueError):
-        peak = None
+    peak = stack.engine_load()["peak"]
     # Generations still running at the deadline finish after it: the rate is over the whole span.
     rate = tokens / (max(r["ended"] for r in results) - min(r["started"] for r in results))
     return {"requests": len(results), "errors": sum(r["status"] != 200 for r in results), "peak": peak,
@@ -107,7 +104,6 @@ def stand_in(seconds: float, parallel: int) -> dict[str, Any]:
     # The engine has 2 slots whatever it is told; only what the proxy lets through changes.
     stack = new_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": str(TOKEN_DELAY), "FAKE_OLLAMA_TOKENS": str(TOKENS),
                                   "FAKE_OLLAMA_SLOTS": "2"})
-    stack.env["FAKE_OLLAMA_CONCURRENCY"] = str(stack.root / "concurrency.json")
     try:
         stack.write_config(stack.default_config().replace("[engine]\n", f"[engine]\nparallel = {parallel}\n")
                            .replace("[proxy]\n", "[proxy]\nqueue_timeout = 600\nqueue_max = 1000\n"))
@@ -115,7 +111,7 @@ def stand_in(seconds: float, parallel: int) -> dict[str, Any]:
         stack.start()
         body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "go"}]}
         results = run_clients(stack, names, seconds, body)
-        wait_for(lambda: len(stack.events("request", path="/v1/chat/completions")) >= len(results), 20, what="logged")
+        wait_for(lambda: len(stack.events("request", path="/v1/chat/completions")) >= len(results), what="logged")
         return summarize(stack, results, seconds, capacity=2 / TOKEN_DELAY)
     finally:
         dispose(stack)
@@ -130,11 +126,11 @@ def real(seconds: float) -> dict[str, Any]:
         stack.write_config(text.replace("[proxy]\n", "[proxy]\nqueue_timeout = 600\nqueue_max = 1000\n"))
         (stack.config_dir / "clients.toml").write_text(client_config(names))
         stack.start()
-        wait_for(lambda: any(w["state"] == "loaded" for w in stack.status()["warm"]), 120, what="model warmed")
+        stack.wait_warm()
         body = {"model": llama_model(), "stream": True, "max_tokens": 32, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "Write a story about a cat"}]}
         results = run_clients(stack, names, seconds, body)
-        wait_for(lambda: len(stack.events("request", path="/v1/chat/completions")) >= len(results), 20, what="logged")
+        wait_for(lambda: len(stack.events("request", path="/v1/chat/completions")) >= len(results), what="logged")
         return summarize(stack, results, seconds, capacity=None)
     finally:
         dispose(stack)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ai_server.access import clients  # noqa: E402
-from harness import dispose, free_port, new_stack, wait_for  # noqa: E402
+from harness import dispose, new_stack, wait_for  # noqa: E402
 
 
 def main() -> int:
@@ -31,8 +31,7 @@ def main() -> int:
     args = parser.parse_args()
     tokens = {f"client{i:02d}": "ais_" + f"{i:043d}" for i in range(args.clients)}
     stack = new_stack()
-    port = free_port()
-    stack.write_config(stack.default_config() + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
+    port = stack.metrics_port
     (stack.config_dir / "clients.toml").write_text("".join(
         f'[[client]]\nname = "{n}"\ntoken_sha256 = "{clients.token_hash(t)}"\n' for n, t in tokens.items()))
     try:
@@ -47,7 +46,7 @@ def main() -> int:
                 for method, path, body in calls:
                     http.request(method, stack.url(path), json=body, headers={"Authorization": f"Bearer {token}"})
                     sent += 1
-        wait_for(lambda: len(stack.events("request")) >= sent, 20, what="every request logged")
+        wait_for(lambda: len(stack.events("request")) >= sent, what="every request logged")
         url = f"http://127.0.0.1:{port}/metrics"
         supervisor = psutil.Process(stack.proc.pid)
         samples, sizes = [], []

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stats import percentile  # noqa: E402
 
-from harness import dispose, llama_config, llama_model, new_stack, wait_for  # noqa: E402
+from harness import dispose, llama_config, llama_model, new_stack  # noqa: E402
 
 
 def stream_once(base: str, model: str, tokens: int) -> tuple[float, list[float], float]:
@@ -79,7 +79,7 @@ def main() -> int:
     # Pre-warmed: ai-server loads the model after the engine starts; then the first request.
     stack = run_stack(warm=True)
     try:
-        wait_for(lambda: any(w["state"] == "loaded" for w in stack.status()["warm"]), 120, what="warm")
+        stack.wait_warm()
         warm_ttft, _, warm_total = stream_once(stack.url(""), model, args.tokens)
     finally:
         dispose(stack)

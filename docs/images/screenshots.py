@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ai_server.access import clients  # noqa: E402
-from harness import browser, dispose, free_port, new_stack, wait_for  # noqa: E402
+from harness import browser, dispose, new_stack, wait_for  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 TOKENS = {name: "ais_" + name[0].upper() * 43 for name in ("laptop", "ci", "phone", "family")}
@@ -30,11 +30,9 @@ MODELS = ("qwen2.5-coder:32b", "llama3.1:8b", "smollm2:135m")
 
 def main() -> int:
     stack = new_stack(engine_env={"FAKE_OLLAMA_MODELS": ",".join(MODELS), "FAKE_OLLAMA_TOKENS": "24"})
-    hold = stack.root / "hold"
-    stack.env["FAKE_OLLAMA_HOLD"] = str(hold)
-    port = free_port()
-    stack.write_config(stack.default_config().replace("[engine]\n", "[engine]\nparallel = 2\n")
-                       + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
+    hold = stack.hold_file
+    port = stack.metrics_port
+    stack.write_config(stack.default_config().replace("[engine]\n", "[engine]\nparallel = 2\n"))
     (stack.config_dir / "clients.toml").write_text("".join(
         f'[[client]]\nname = "{n}"\ntoken_sha256 = "{clients.token_hash(t)}"\npriority = "{PRIORITY[n]}"\n\n'
         for n, t in TOKENS.items()))

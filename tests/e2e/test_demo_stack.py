@@ -61,7 +61,7 @@ def test_demo_check_out_of_the_box_fails_nothing(demo_dir: Path) -> None:
 
 
 def test_demo_runs_the_stack_keeps_edits_and_passes_arguments_through(demo_dir: Path) -> None:
-    proxy_port, engine_port = free_port(PROXY_HOST), free_port()
+    proxy_port, engine_port = free_port(), free_port()
     first = demo(demo_dir, "--port", str(proxy_port), "status")  # prepares the folder, then asks a supervisor that is not there
     assert first.returncode == 4, first.stderr
     assert f"proxy port {proxy_port} written to" in first.stderr

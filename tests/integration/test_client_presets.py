@@ -25,7 +25,7 @@ def test_the_ollama_client_needs_the_preset_and_then_chats_generates_embeds_and_
 
     added = stack.cli("allow", "preset", "ollama-native")
     assert added.returncode == 0 and "allowed POST /api/chat" in added.stdout, added.stderr
-    wait_for(lambda: enforced(stack, "/api/chat"), 10, what="the preset enforced")
+    wait_for(lambda: enforced(stack, "/api/chat"), what="the preset enforced")
 
     reply = client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert reply.message.role == "assistant" and reply.message.content and reply.done
@@ -61,7 +61,7 @@ def test_litellm_ollama_chat_works_after_the_preset(stack: Stack) -> None:
     litellm = pytest.importorskip("litellm")
     litellm.suppress_debug_info = True
     assert stack.cli("allow", "preset", "ollama-native").returncode == 0
-    wait_for(lambda: enforced(stack, "/api/chat"), 10, what="the preset enforced")
+    wait_for(lambda: enforced(stack, "/api/chat"), what="the preset enforced")
     model, base = f"ollama_chat/{MODEL}", stack.url("")
     reply = litellm.completion(model=model, api_base=base, messages=[{"role": "user", "content": "hi"}], num_retries=0)
     assert reply.choices[0].message.content and reply.usage.completion_tokens > 0

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from ai_server.access import clients
-from harness import HOST_ADDR, Stack, Tailnet, free_port, peer, set_tailscale, tailscale_cli, wait_for
+from harness import HOST_ADDR, Stack, Tailnet, peer, set_tailscale, tailscale_cli, wait_for
 
 ADMIN_DEVICE, PHONE, STRANGER = "100.100.77.2", "100.100.77.3", "100.100.77.4"
 ADMIN_TOKEN, PLAIN_TOKEN = "ais_" + "A" * 43, "ais_" + "P" * 43
@@ -49,10 +49,8 @@ METRICS_PORT = 9464  # "tailscale" in [metrics] listen: the tailnet address on 9
 
 def local_stack(make_stack: Any) -> tuple[Stack, str]:
     stack = make_stack()
-    port = free_port()
-    stack.write_config(stack.default_config() + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
     stack.start()
-    return stack, f"http://127.0.0.1:{port}"
+    return stack, stack.metrics_url
 
 
 def test_security_headers_and_no_inline_script(make_stack: Any) -> None:
@@ -135,7 +133,7 @@ def test_a_flood_of_connections_costs_a_line_not_a_line_each(make_stack: Any) ->
     finally:
         for sock in held:
             sock.close()
-    wait_for(lambda: httpx.get(base + "/metrics", timeout=10).status_code == 200, 15, what="metrics served again")
+    wait_for(lambda: httpx.get(base + "/metrics", timeout=10).status_code == 200, what="metrics served again")
     lines = [e for e in stack.events() if str(e.get("event", "")).startswith("metrics_") or e.get("logger") == "asyncio"]
     assert [e["event"] for e in lines] == ["metrics_connections_refused"]
 
@@ -166,12 +164,11 @@ def net(tailnet: Tailnet, make_stack: Any) -> Iterator[Net]:
     state = tailscale_cli(stack)
     set_tailscale(state, [HOST_ADDR], peers=[peer(ADMIN_DEVICE, "alices-macbook", 2), peer(PHONE, "alices-phone", 2),
                                              peer(STRANGER, "bobs-pc", 3)])
-    stack.write_config(stack.default_config().replace('listen = ["127.0.0.2"]', 'listen = ["tailscale"]')
-                       + '\n[metrics]\nlisten = ["tailscale"]\n')
+    stack.write_config(stack.default_config(metrics='["tailscale"]').replace('listen = ["127.0.0.2"]', 'listen = ["tailscale"]'))
     (stack.config_dir / "clients.toml").write_text(CLIENTS)
     stack.start()
     net = Net(stack, tailnet, state)
-    wait_for(lambda: net.get(ADMIN_DEVICE, "/metrics") == 200, 15, what="the metrics listener on the tailnet")
+    wait_for(lambda: net.get(ADMIN_DEVICE, "/metrics") == 200, what="the metrics listener on the tailnet")
     yield net
 
 
@@ -209,9 +206,9 @@ def test_dns_rebinding_hosts_get_421_from_the_tailnet_too(net: Net) -> None:
 def test_admin_follows_clients_toml_live(net: Net) -> None:
     promoted = CLIENTS.replace('device = "alices-phone"', 'device = "alices-phone"\nadmin = true')
     (net.stack.config_dir / "clients.toml").write_text(promoted)
-    wait_for(lambda: net.get(PHONE, "/metrics") == 200, 10, what="the phone made an admin")
+    wait_for(lambda: net.get(PHONE, "/metrics") == 200, what="the phone made an admin")
     (net.stack.config_dir / "clients.toml").write_text(CLIENTS.replace("admin = true", "admin = false"))
-    wait_for(lambda: net.get(ADMIN_DEVICE, "/metrics") == 403, 10, what="the laptop no longer an admin")
+    wait_for(lambda: net.get(ADMIN_DEVICE, "/metrics") == 403, what="the laptop no longer an admin")
 
 
 @needs_root

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from ai_server.access import clients
-from harness import Stack, browser, free_port, have_browser, wait_for
+from harness import Stack, browser, finish, have_browser, wait_for
 
 pytestmark = pytest.mark.skipif(not have_browser(), reason="needs chromium and chromium-driver (.ci/dev test installs them)")
 
@@ -22,16 +21,12 @@ STREAM = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user",
 
 
 @pytest.fixture
-def dash(make_stack: Any) -> Iterator[tuple[Stack, str, Path]]:
+def dash(make_stack: Any) -> Iterator[tuple[Stack, str]]:
     stack = make_stack()
-    hold = stack.root / "hold"
-    stack.env["FAKE_OLLAMA_HOLD"] = str(hold)
-    port = free_port()
-    stack.write_config(stack.default_config() + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
     (stack.config_dir / "clients.toml").write_text(
         f'[[client]]\nname = "laptop"\ntoken_sha256 = "{clients.token_hash(TOKEN)}"\n')
     stack.start()
-    yield stack, f"http://127.0.0.1:{port}/", hold
+    yield stack, stack.metrics_url + "/"
 
 
 def row_ids(driver: Any) -> list[str]:
@@ -42,33 +37,33 @@ def text_of(driver: Any, element_id: str) -> str:
     return str(driver.find_element("id", element_id).text)
 
 
-def test_the_page_loads_live_without_a_console_error(dash: tuple[Stack, str, Path]) -> None:
-    stack, url, _ = dash
+def test_the_page_loads_live_without_a_console_error(dash: tuple[Stack, str]) -> None:
+    stack, url = dash
     with browser() as driver:
         driver.get(url)
-        wait_for(lambda: text_of(driver, "live") == "live", 10, what="the event stream connected")
+        wait_for(lambda: text_of(driver, "live") == "live", what="the event stream connected")
         children = text_of(driver, "children")
         assert "ollama" in children and "haproxy" in children and children.count("RUNNING") == 2
         assert "4 engine slots" in text_of(driver, "slots")
         assert "/v1/chat/completions" in text_of(driver, "config")
         # A change pushed, not polled: stopping the engine shows within a second or so.
         assert stack.cli("stop", "ollama").returncode == 0
-        wait_for(lambda: "STOPPED" in text_of(driver, "children"), 5, what="the stopped engine on the page")
+        wait_for(lambda: "STOPPED" in text_of(driver, "children"), what="the stopped engine on the page")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
         assert errors == []
 
 
-def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tuple[Stack, str, Path]) -> None:
-    stack, url, hold = dash
+def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tuple[Stack, str]) -> None:
+    stack, url = dash
     for _ in range(2):   # rows from before the page opened
         assert httpx.get(stack.url("/api/version"), timeout=10).status_code == 200
-    wait_for(lambda: len(stack.events("request")) == 2, 10, what="two requests logged")
+    wait_for(lambda: len(stack.events("request")) == 2, what="two requests logged")
     with browser() as driver:
         driver.get(url)
-        wait_for(lambda: text_of(driver, "live") == "live", 10, what="the event stream connected")
+        wait_for(lambda: text_of(driver, "live") == "live", what="the event stream connected")
         # The stream's first event holds every row; 'live' shows as soon as it opens, maybe before.
-        assert wait_for(lambda: row_ids(driver), 5, what="the rows pushed") == ["r2", "r1"]   # newest on top
-        hold.touch()
+        assert wait_for(lambda: row_ids(driver), what="the rows pushed") == ["r2", "r1"]   # newest on top
+        stack.hold()
         answers: list[int] = []
 
         def generate() -> None:
@@ -88,8 +83,8 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
             calling = text_of(driver, "calling")
             assert "laptop" in calling and "smollm2:135m" in calling
         finally:
-            hold.unlink()
-            thread.join(30)
+            stack.release()
+            finish(thread)
         assert answers == [200]
 
         def finished() -> str | None:
@@ -97,26 +92,26 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
             return driver.execute_script("const row = document.getElementById(arguments[0]);"
                                          "return row && !row.classList.contains('pending') ? row.innerText : null;", row_id)
 
-        done = wait_for(finished, 5, what="the same row filled in")
+        done = wait_for(finished, what="the same row filled in")
         cells = done.split()
         assert "200" in cells and "POST" in cells
-        wait_for(lambda: "nobody is generating" in text_of(driver, "calling"), 5, what="nobody calling any more")
+        wait_for(lambda: "nobody is generating" in text_of(driver, "calling"), what="nobody calling any more")
         assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
 
 
-def test_the_page_without_javascript_shows_the_state(dash: tuple[Stack, str, Path]) -> None:
-    stack, url, _ = dash
+def test_the_page_without_javascript_shows_the_state(dash: tuple[Stack, str]) -> None:
+    stack, url = dash
     assert httpx.post(stack.url("/v1/chat/completions"), json={**STREAM, "stream": False}, timeout=30,
                       headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    wait_for(lambda: stack.events("request", who="laptop"), 10, what="the request logged")
+    wait_for(lambda: stack.events("request", who="laptop"), what="the request logged")
     page = httpx.get(url, timeout=10).text
     assert "RUNNING" in page and "laptop" in page and "smollm2:135m" in page
     filtered = httpx.get(url, params={"client": "nobody"}, timeout=10).text
     assert 'data-who="laptop"' not in filtered and 'data-who="laptop"' in page
 
 
-def test_the_dashboard_command_prints_where_it_is(dash: tuple[Stack, str, Path]) -> None:
-    stack, url, _ = dash
+def test_the_dashboard_command_prints_where_it_is(dash: tuple[Stack, str]) -> None:
+    stack, url = dash
     shown = stack.cli("dashboard")
     assert shown.returncode == 0 and shown.stdout == url + "\n" and shown.stderr == ""
     stack.stop()

@@ -111,7 +111,7 @@ def preconfigure(machine: Machine) -> None:
     """A user who already set the proxy's address (here: loopback, not a tailnet)."""
     machine.config_dir.mkdir(parents=True)
     (machine.config_dir / "ai-server.toml").write_text(
-        f'[proxy]\nlisten = ["{PROXY_HOST}"]\nport = {free_port(PROXY_HOST)}\n[engine]\nport = {free_port()}\n')
+        f'[proxy]\nlisten = ["{PROXY_HOST}"]\nport = {free_port()}\n[engine]\nport = {free_port()}\n')
 
 
 def machine_for(platform: str) -> Iterator[Machine]:
@@ -187,7 +187,7 @@ def test_macos_install_then_again_then_uninstall(mac: Machine) -> None:
     assert not mac.config_dir.exists()
     assert "kept: Homebrew, Tailscale, the ollama and haproxy programs, and your models" in gone.stdout
     assert (mac.root / "brew" / "ollama").exists()  # the programs stay
-    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in supervisor), 20,
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in supervisor),
              what="supervisor stopped")
 
 

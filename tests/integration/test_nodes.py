@@ -18,7 +18,7 @@ import pytest
 from ai_server.access import clients
 from ai_server.base import tomlfile
 from ai_server.haproxy import runtime
-from harness import LAN_SELF, Lan, Stack, dispose, lan_stack, netns_lock, wait_for
+from harness import LAN_SELF, Lan, Stack, check_report, dispose, finish, lan_stack, netns_lock, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 
@@ -69,8 +69,7 @@ def _build() -> Iterator[Any]:
         lan.create(["front", *names])
         nodes = {}
         for name in names:
-            stack = lan_stack(lan, name, {"FAKE_OLLAMA_MODELS": MODELS[name], "FAKE_OLLAMA_TOKEN_DELAY": "0.1",
-                                          "FAKE_OLLAMA_TOKENS": "10"})
+            stack = lan_stack(lan, name, {"FAKE_OLLAMA_MODELS": MODELS[name], "FAKE_OLLAMA_TOKENS": "10"})
             stacks.append(stack)
             stack.write_config(stack.default_config().replace("[proxy]\n", f'[proxy]\nfronts = ["{lan.address("front")}"]\n')
                                .replace("[engine]\n", "[engine]\nparallel = 2\n"))
@@ -91,8 +90,9 @@ def _build() -> Iterator[Any]:
             f'[[client]]\nname = "laptop"\ntoken_sha256 = "{clients.token_hash(LAPTOP)}"\n' + front_clients)
         front.start()
         fleet = Fleet(lan, front, nodes)
-        wait_for(lambda: all(r["state"] == "UP" and r["models"] for r in fleet.node_rows().values()), 20,
-                 what="every node up with its models")
+        expected = {*names, *(["local"] if front_models else [])}
+        wait_for(lambda: (rows := fleet.node_rows()).keys() == expected
+                 and all(r["state"] == "UP" and r["models"] for r in rows.values()), what="every node up with its models")
         return fleet
 
     try:
@@ -112,14 +112,19 @@ def test_a_request_goes_to_a_node_that_has_its_model(fleet: Fleet) -> None:
     assert fleet.post("smollm2:135m").status_code == 200
     assert fleet.post("llama3:8b").status_code == 200
     assert fleet.served_by("smollm2:135m") == ["n1"] and fleet.served_by("llama3:8b") == ["n2"]
-    # One both have: either may serve it, and both do under concurrent load (leastconn).
+    # One both have: either may serve it, and both do under concurrent load (leastconn): the
+    # four are held in flight until all four have found a node.
+    for node in fleet.nodes.values():
+        node.hold()
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(fleet.post("qwen2.5-coder:7b", stream=True).status_code))
                for _ in range(4)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(30)
+    wait_for(lambda: sum(node.engine_load()["held"] for node in fleet.nodes.values()) == 4, what="four streams held")
+    for node in fleet.nodes.values():
+        node.release()
+    finish(*threads)
     assert results == [200] * 4 and set(fleet.served_by("qwen2.5-coder:7b")) == {"n1", "n2"}
     missing = fleet.post("mistral:7b")
     assert missing.status_code == 404
@@ -129,17 +134,17 @@ def test_a_request_goes_to_a_node_that_has_its_model(fleet: Fleet) -> None:
     tags = httpx.get(fleet.front.url("/api/tags"), timeout=5).json()
     assert sorted(m["name"] for m in tags["models"]) == ["llama3:8b", "qwen2.5-coder:7b", "smollm2:135m"]
     events = wait_for(lambda: [e for e in fleet.front.events("request", path="/v1/chat/completions") if e["status"] == 200],
-                      10, what="front request events")
+                      what="front request events")
     assert {e["node"] for e in events} == {"n1", "n2"}
-    scrape = lambda: fleet.lan.run("front", "curl", "-s", "http://127.0.0.1:9464/metrics").stdout  # noqa: E731
-    text = wait_for(lambda: (t := scrape()) and 'node="n2"' in t and t, 10, what="node labels in /metrics")
+    scrape = lambda: fleet.lan.run("front", "curl", "-s", f"http://127.0.0.1:{fleet.front.metrics_port}/metrics").stdout  # noqa: E731
+    text = wait_for(lambda: (t := scrape()) and 'node="n2"' in t and t, what="node labels in /metrics")
     assert 'route="/v1/chat/completions",code="200",node="n1"' in text
 
 
 def test_a_node_with_the_model_loaded_is_preferred(fleet: Fleet) -> None:
     # Load qwen on n2 only (its own warm-up), and wait until the front has seen it.
     assert fleet.nodes["n2"].cli("warm", "qwen2.5-coder:7b").returncode == 0
-    wait_for(lambda: fleet.node_rows()["n2"]["models"].get("qwen2.5-coder:7b") is True, 15, what="n2 has qwen loaded")
+    wait_for(lambda: fleet.node_rows()["n2"]["models"].get("qwen2.5-coder:7b") is True, what="n2 has qwen loaded")
     assert fleet.node_rows()["n1"]["models"]["qwen2.5-coder:7b"] is False
     for _ in range(4):
         assert fleet.post("qwen2.5-coder:7b").status_code == 200
@@ -157,12 +162,15 @@ def test_a_request_that_loads_its_model_is_not_cut_when_the_front_sees_it_loaded
                           json={**CHAT, "model": "smollm2:135m", "stream": True, "max_tokens": 40}) as response:
             result["lines"] = [line for line in response.iter_lines() if line]
 
+    n1 = fleet.nodes["n1"]
+    n1.hold()  # in flight until the front has seen the model loaded
     streamer = threading.Thread(target=stream)
     streamer.start()
-    wait_for(lambda: fleet.served_by("smollm2:135m"), 10, what="the stream on n1")
+    n1.wait_held(1)
     assert fleet.front.cli("reload").returncode == 0  # reads every node now: smollm2 is loaded on n1
     assert fleet.node_rows()["n1"]["models"]["smollm2:135m"] is True
-    streamer.join(30)
+    n1.release()
+    finish(streamer)
     assert result["lines"][-1] == "data: [DONE]" and len(result["lines"]) == 42  # 40 tokens, the stop, [DONE]
 
 
@@ -170,33 +178,36 @@ def test_a_silent_node_leaves_and_rejoins(fleet: Fleet) -> None:
     streamed: dict[str, Any] = {}
 
     def stream() -> None:
-        started = time.monotonic()
         try:
-            with httpx.stream("POST", fleet.front.url("/v1/chat/completions"), timeout=60,
+            # Longer than the test's patience: only the node going away may end this stream.
+            with httpx.stream("POST", fleet.front.url("/v1/chat/completions"), timeout=120,
                               json={**CHAT, "model": "llama3:8b", "stream": True}) as response:
                 streamed["lines"] = [line for line in response.iter_lines()]
         except httpx.HTTPError as err:
             streamed["error"] = repr(err)
-        streamed["took"] = time.monotonic() - started
 
+    n2 = fleet.nodes["n2"]
+    n2.hold()  # the stream stays in flight on n2 until n2 goes silent under it
     streamer = threading.Thread(target=stream)
     streamer.start()
-    wait_for(lambda: fleet.served_by("llama3:8b"), 10, what="a stream on n2")
+    n2.wait_held(1)
     fleet.lan.cut("n2")
     cut = time.monotonic()
-    wait_for(lambda: fleet.health("n2").startswith("DOWN"), 5, interval=0.02, what="n2 out of rotation")
+    wait_for(lambda: fleet.health("n2").startswith("DOWN"), interval=0.02, what="n2 out of rotation")
     left = time.monotonic() - cut
-    streamer.join(30)
-    # The stream on the node that went away ended (with an error), it did not hang for minutes.
-    assert streamed["took"] < 10 and ("error" in streamed or streamed["lines"][-1:] != ["data: [DONE]"])
+    # The stream on the node that went away ended (with an error): held there, it would never
+    # have ended by itself.
+    finish(streamer)
+    assert "error" in streamed or streamed["lines"][-1:] != ["data: [DONE]"]
     started = time.monotonic()
     only_there = fleet.post("llama3:8b")
     answered = time.monotonic() - started
     assert only_there.status_code == 503 and only_there.headers["retry-after"] == "5" and answered < 1.0
     assert fleet.post("qwen2.5-coder:7b").status_code == 200 and fleet.served_by("qwen2.5-coder:7b") == ["n1"]
+    n2.release()
     fleet.lan.cut("n2", up=True)
     back = time.monotonic()
-    wait_for(lambda: fleet.post("llama3:8b").status_code == 200, 10, interval=0.1, what="n2 back")
+    wait_for(lambda: fleet.post("llama3:8b").status_code == 200, interval=0.1, what="n2 back")
     rejoined = time.monotonic() - back
     assert left < 2.0 and rejoined < 5.0, (left, rejoined)
     print(f"\nn2 out of rotation {left:.2f}s after it went silent; llama3 refused in {answered * 1000:.0f} ms; "
@@ -210,14 +221,14 @@ def test_who_is_calling_holds_across_the_hop(fleet: Fleet) -> None:
     refused = fleet.post("qwen2.5-coder:7b", Authorization=f"Bearer {LAPTOP}")
     assert refused.status_code == 403 and refused.json()["client"] == "laptop" and refused.json()["reason"] == "model"
     node_events = wait_for(lambda: [e for name in ("n1", "n2") for e in fleet.nodes[name].events(
-        "request", path="/v1/chat/completions")], 10, what="the node's request event")
+        "request", path="/v1/chat/completions")], what="the node's request event")
     assert {e["who"] for e in node_events} == {"laptop"} and {e["client"] for e in node_events} == {fleet.lan.address("front")}
     # Saying who is calling is for fronts only.
     node = fleet.nodes["n1"]
     direct = httpx.post(node.url("/v1/chat/completions"), json={**CHAT, "model": "smollm2:135m"},
                         headers={"X-Ai-Server-Client": "laptop"}, timeout=10)
     assert direct.status_code == 403 and "only a front" in direct.json()["error"]
-    from_here = wait_for(lambda: [e for e in node.events("request") if e["client"] == LAN_SELF], 10,
+    from_here = wait_for(lambda: [e for e in node.events("request") if e["client"] == LAN_SELF],
                          what="the refused request's event")
     assert from_here[-1]["status"] == 403 and from_here[-1]["who"] != "laptop"
 
@@ -228,16 +239,19 @@ def test_nodes_command_and_drain(fleet: Fleet) -> None:
     assert rows["n2"]["slots"] == 2 and rows["n2"]["last_error"] is None
     human = fleet.front.cli("nodes").stdout
     assert "n1" in human and "UP" in human and "smollm2:135m" in human
+    n1 = fleet.nodes["n1"]
+    n1.hold()  # the stream stays in flight on n1 through the drain
     streamed: list[int] = []
     long_one = threading.Thread(target=lambda: streamed.append(fleet.post("smollm2:135m", stream=True).status_code))
     long_one.start()
-    wait_for(lambda: fleet.served_by("smollm2:135m"), 10, what="a stream on n1")
+    n1.wait_held(1)
     assert fleet.front.cli("nodes", "drain", "n1").returncode == 0
     assert fleet.node_rows()["n1"]["state"] == "DRAIN"
     for _ in range(3):
         assert fleet.post("qwen2.5-coder:7b").status_code == 200
     assert fleet.served_by("qwen2.5-coder:7b") == ["n2"] * 3  # new ones elsewhere
-    long_one.join(30)
+    n1.release()
+    finish(long_one)
     assert streamed == [200]  # the one in flight finished
     assert fleet.post("smollm2:135m").status_code == 503  # only n1 has it, and n1 is drained
     assert fleet.front.cli("nodes", "undrain", "n1").returncode == 0
@@ -260,7 +274,7 @@ def test_the_fronts_own_engine_is_one_more_node(build: Any) -> None:
     assert [json.loads(r["body"])["model"] for r in local] == ["phi3:mini"]
     listed = httpx.get(fleet.front.url("/v1/models"), timeout=5).json()
     assert sorted(m["id"] for m in listed["data"]) == ["phi3:mini", "qwen2.5-coder:7b", "smollm2:135m"]
-    events = wait_for(lambda: fleet.front.events("request", path="/v1/chat/completions", status=200), 10, what="events")
+    events = wait_for(lambda: fleet.front.events("request", path="/v1/chat/completions", status=200), what="events")
     assert sorted(e["node"] for e in events) == ["local", "n1"]
 
 
@@ -282,12 +296,11 @@ def test_check_and_status_on_a_front_without_an_engine(fleet: Fleet) -> None:
     assert status["exit"] == 0 and [c["name"] for c in status["children"]] == ["haproxy"]
     assert status["proxy"]["nodes"] == ["n1", "n2"] and status["proxy"]["engine_listen"] is None
     assert "nodes: n1, n2" in fleet.front.cli("status").stdout
-    result = fleet.front.cli("check", "--json", "--skip-model-tests", timeout=120)
-    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
-    assert result.returncode == 0 and not [c for c in checks.values() if c["outcome"] == "FAIL"], result.stdout
-    assert checks["POST /api/pull refused with 403"]["outcome"] == "PASS"  # the front's own allowlist
-    assert checks["engine unreachable from the tailnet address"]["outcome"] == "SKIP"
-    assert "only fronts" in checks["engine unreachable from the tailnet address"]["detail"]
+    outcomes, details = check_report(fleet.front, "--skip-model-tests")
+    assert "FAIL" not in outcomes.values(), details
+    assert outcomes["POST /api/pull refused with 403"] == "PASS"  # the front's own allowlist
+    assert outcomes["engine unreachable from the tailnet address"] == "SKIP"
+    assert "only fronts" in details["engine unreachable from the tailnet address"]
     warm = fleet.front.cli("warm", "llama3:8b")
     assert warm.returncode == 1 and "warm the models on the nodes" in warm.stderr
 
@@ -302,9 +315,9 @@ def test_the_fronts_own_engine_restarts_without_failing_what_waits_for_it(build:
     restart: dict[str, Any] = {}
     restarter = threading.Thread(target=lambda: restart.update(result=front.cli("restart", "ollama")))
     restarter.start()
-    wait_for(lambda: front.events("hold"), 10, what="requests held")
+    wait_for(lambda: front.events("hold"), what="requests held")
     during = fleet.post("phi3:mini")  # sent while the engine restarts: waits, then served
-    restarter.join(60)
+    finish(restarter)
     assert restart["result"].returncode == 0, restart["result"].stderr
     assert during.status_code == 200, during.text
 

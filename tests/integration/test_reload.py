@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from ai_server.base import tomlfile
-from harness import Stack, wait_for
+from harness import Stack, finish, wait_for
 
 DEFAULT_ALLOW = tomlfile.default_text("allowlist.toml")
 PS_RULE = '\n[[allow]]\npath = "/api/ps"\nmethods = ["GET"]\n'
@@ -26,7 +27,7 @@ def save_like_an_editor(path: Path, text: str) -> None:
 
 
 def status_of(stack: Stack, path: str) -> int:
-    return httpx.get(stack.url(path), timeout=5).status_code
+    return httpx.get(stack.url(path), timeout=30).status_code
 
 
 def test_saved_allowlist_is_enforced(stack: Stack) -> None:
@@ -34,10 +35,10 @@ def test_saved_allowlist_is_enforced(stack: Stack) -> None:
     haproxy_pid = stack.child("haproxy")["pid"]
     assert status_of(stack, "/api/ps") == 403
     save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
-    wait_for(lambda: status_of(stack, "/api/ps") == 200, 10, what="/api/ps allowed")
+    wait_for(lambda: status_of(stack, "/api/ps") == 200, what="/api/ps allowed")
     assert stack.status()["proxy"]["rules"] == 9
     save_like_an_editor(allow_file, DEFAULT_ALLOW)
-    wait_for(lambda: status_of(stack, "/api/ps") == 403, 10, what="/api/ps refused again")
+    wait_for(lambda: status_of(stack, "/api/ps") == 403, what="/api/ps refused again")
     reloads = stack.events("reloaded")
     assert reloads and reloads[-1]["changed"] == ["allowlist"] and "allowlist.toml" in reloads[-1]["trigger"]
     # Swapped into the running worker: no reload, the same HAProxy, no connection closed.
@@ -55,7 +56,7 @@ def test_broken_file_keeps_the_last_good_config(stack: Stack, broken: str, where
     allow_file = stack.config_dir / "allowlist.toml"
     haproxy_pid = stack.child("haproxy")["pid"]
     save_like_an_editor(allow_file, broken)
-    error = wait_for(lambda: stack.status()["proxy"]["config_error"], 10, what="config error in status")
+    error = wait_for(lambda: stack.status()["proxy"]["config_error"], what="config error in status")
     assert f"allowlist.toml{where}" in error and words in error
     human = stack.cli("status")
     assert "config error:" in human.stdout and "last good config stays in force" in human.stdout
@@ -66,13 +67,13 @@ def test_broken_file_keeps_the_last_good_config(stack: Stack, broken: str, where
     assert status_of(stack, "/api/tags") == 200 and status_of(stack, "/api/pull") == 403
     assert stack.child("haproxy")["pid"] == haproxy_pid
     save_like_an_editor(allow_file, DEFAULT_ALLOW)
-    wait_for(lambda: stack.status()["proxy"]["config_error"] is None, 10, what="error cleared")
+    wait_for(lambda: stack.status()["proxy"]["config_error"] is None, what="error cleared")
     assert stack.status()["exit"] == 0
 
 
 def test_broken_server_config_names_its_key(stack: Stack) -> None:
     stack.write_config(stack.default_config() + "\n[log]\nmax_mb = -1\n")
-    error = wait_for(lambda: stack.status()["proxy"]["config_error"], 10, what="config error")
+    error = wait_for(lambda: stack.status()["proxy"]["config_error"], what="config error")
     assert "ai-server.toml" in error and "log.max_mb" in error
     reload = stack.cli("reload")
     assert reload.returncode == 1 and "log.max_mb" in reload.stderr
@@ -82,7 +83,7 @@ def test_engine_change_restarts_only_the_engine(stack: Stack) -> None:
     before = {c["name"]: c["pid"] for c in stack.status()["children"]}
     stack.write_config(stack.default_config().replace("[engine]\n", '[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n'))
     wait_for(lambda: (c := stack.child("ollama"))["pid"] not in (None, before["ollama"]) and c["state"] == "RUNNING",
-             20, what="engine restarted")
+             what="engine restarted")
     assert stack.child("haproxy")["pid"] == before["haproxy"]
     engine_env = __import__("psutil").Process(stack.child("ollama")["pid"]).environ()
     assert engine_env["OLLAMA_KEEP_ALIVE"] == "1h"
@@ -92,8 +93,8 @@ def test_engine_change_restarts_only_the_engine(stack: Stack) -> None:
 def test_proxy_change_reloads_in_place(stack: Stack) -> None:
     before = {c["name"]: c["pid"] for c in stack.status()["children"]}
     stack.write_config(stack.default_config().replace("drain_timeout = 5", "drain_timeout = 5\nmax_body_mb = 1"))
-    wait_for(lambda: httpx.post(stack.url("/v1/chat/completions"), content=b"x" * (2 << 20), timeout=5).status_code == 413,
-             10, what="new body limit")
+    wait_for(lambda: httpx.post(stack.url("/v1/chat/completions"), content=b"x" * (2 << 20), timeout=30).status_code == 413,
+             what="new body limit")
     assert {c["name"]: c["pid"] for c in stack.status()["children"]} == before
 
 
@@ -102,11 +103,11 @@ def test_allow_commands_edit_the_file_and_the_server_follows(stack: Stack) -> No
     allow_file.write_text(DEFAULT_ALLOW)
     added = stack.cli("allow", "add", "/api/ps", "--method", "GET")
     assert added.returncode == 0 and added.stdout.strip() == "allowed GET /api/ps"
-    wait_for(lambda: status_of(stack, "/api/ps") == 200, 10, what="/api/ps allowed")
+    wait_for(lambda: status_of(stack, "/api/ps") == 200, what="/api/ps allowed")
     listed = stack.cli("allow", "list").stdout
     assert "/api/ps" in listed and "/v1/chat/completions  POST" in listed
     assert stack.cli("allow", "remove", "/api/ps").returncode == 0
-    wait_for(lambda: status_of(stack, "/api/ps") == 403, 10, what="/api/ps refused")
+    wait_for(lambda: status_of(stack, "/api/ps") == 403, what="/api/ps refused")
     assert allow_file.read_text() == DEFAULT_ALLOW  # comments and layout as they were
     bad = stack.cli("allow", "add", "/api/ps", "--method", "YANK")
     assert bad.returncode == 1 and "not a method" in bad.stderr and "Traceback" not in bad.stderr
@@ -150,28 +151,31 @@ def test_reload_under_load_drops_nothing(make_stack) -> None:
     workers = [threading.Thread(target=short_requests) for _ in range(3)] + [threading.Thread(target=streams) for _ in range(3)]
     for worker in workers:
         worker.start()
-    enforced_after = []
+    enforced_after: list[float] = []
     try:
-        for i in range(12):
+        # At least 12 rewrites, and on until the clients have done enough to prove something.
+        i = 0
+        while i < 12 or counts["streams"] < 6 or counts["requests"] < 50:
+            assert i < 500, f"12 rewrites and then {i - 12} more, and still only {counts}"
             wanted = 200 if i % 2 == 0 else 403
             save_like_an_editor(allow_file, DEFAULT_ALLOW + (PS_RULE if wanted == 200 else ""))
             saved = time.monotonic()
-            wait_for(lambda: status_of(stack, "/api/ps") == wanted, 10, interval=0.02, what=f"rewrite {i} enforced")
+            wait_for(lambda: status_of(stack, "/api/ps") == wanted, interval=0.02, what=f"rewrite {i} enforced")
             enforced_after.append(time.monotonic() - saved)
+            i += 1
     finally:
         stop.set()
-        for worker in workers:
-            worker.join(60)
+        finish(*workers)
     assert failures == []
-    assert counts["streams"] >= 6 and counts["requests"] >= 50
-    print(f"\n12 rewrites, {counts['requests']} requests and {counts['streams']} streams, 0 failures; "
-          f"enforced after max {max(enforced_after):.2f}s, median {sorted(enforced_after)[6]:.2f}s")
+    print(f"\n{len(enforced_after)} rewrites, {counts['requests']} requests and {counts['streams']} streams, 0 failures; "
+          f"enforced after max {max(enforced_after):.2f}s, median {statistics.median(enforced_after):.2f}s")
 
 
 def test_proxy_reload_finishes_streams_in_flight(make_stack) -> None:
     """A change to [proxy] re-executes HAProxy (SIGUSR2); streams on the old worker run to the end."""
-    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_TOKENS": "60"})
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKENS": "60"})
     stack.start()
+    stack.hold()  # the four streams stay on the old workers through all three reloads
     body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     results: list[str] = []
 
@@ -186,20 +190,20 @@ def test_proxy_reload_finishes_streams_in_flight(make_stack) -> None:
     threads = [threading.Thread(target=stream) for _ in range(4)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len([r for r in stack.engine_requests() if r["target"] == "/v1/chat/completions"]) == 4,
-             10, what="streams under way")
+    stack.wait_held(4)
     for size in (10, 20, 30):
         stack.write_config(stack.default_config().replace("drain_timeout = 5", f"drain_timeout = 5\nmax_body_mb = {size}"))
-        wait_for(lambda: len(stack.events("proxy_reload")) >= size // 10, 10, what="proxy reloaded")
+        wait_for(lambda: len(stack.events("proxy_reload")) >= size // 10, what="proxy reloaded")
         assert status_of(stack, "/api/tags") == 200
-    for thread in threads:
-        thread.join(30)
+    assert stack.engine_load()["held"] == 4
+    stack.release()
+    finish(*threads)
     assert results == ["ok"] * 4
 
 
 def test_allowlist_applies_at_once_while_the_engine_drains(make_stack) -> None:
     """The reload lock was held through an engine drain: a save waited behind a stream."""
-    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.1", "FAKE_OLLAMA_TOKENS": "100"})
+    stack = make_stack(engine_env={"FAKE_OLLAMA_TOKENS": "100"})
     stack.write_config(stack.default_config().replace("start_timeout = 20", "start_timeout = 20\ndrain_timeout = 30"))
     stack.start()
     allow_file = stack.config_dir / "allowlist.toml"
@@ -211,29 +215,29 @@ def test_allowlist_applies_at_once_while_the_engine_drains(make_stack) -> None:
         with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=60) as response:
             streamed.extend(l for l in response.iter_lines() if l.startswith("data: "))
 
+    stack.hold()  # the stream holds the drain until the test is done with it
     streamer = threading.Thread(target=stream)
     streamer.start()
-    wait_for(lambda: any(r["target"] == "/v1/chat/completions" for r in stack.engine_requests()), 10, what="stream")
-    # An engine change: the engine must drain (a 10 s stream) before it restarts.
+    stack.wait_held(1)
+    # An engine change: the engine must drain (the held stream) before it restarts.
     stack.write_config(stack.default_config().replace("start_timeout = 20", "start_timeout = 20\ndrain_timeout = 30")
                        .replace("[engine]\n", '[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n'))
-    wait_for(lambda: stack.events("hold"), 10, what="engine draining")
+    wait_for(lambda: stack.events("hold"), what="engine draining")
     saved = time.monotonic()
     # Nothing reaches the engine while it drains, so a request held by the drain would wait:
     # the proxy's own verdict on a refused path tells when the new list is in force.
     save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
-    wait_for(lambda: any(e["rules"] == 9 for e in stack.events("maps_swapped")), 5, interval=0.02,
+    wait_for(lambda: any(e["rules"] == 9 for e in stack.events("maps_swapped")), interval=0.02,
              what="new allowlist in force")
     enforced = time.monotonic() - saved
-    assert httpx.post(stack.url("/api/pull"), json={}, timeout=5).status_code == 403
-    started = time.monotonic()
-    reload = stack.cli("reload")
-    assert reload.returncode == 0 and time.monotonic() - started < 5
-    assert not stack.events("drained"), "the drain should still be going on"
-    streamer.join(60)
+    assert httpx.post(stack.url("/api/pull"), json={}, timeout=30).status_code == 403
+    assert stack.cli("reload").returncode == 0
+    # Enforced, and a reload answered, while the drain still waits for the held stream: behind
+    # the drain they would have come only once it ended (drained, or drain_timeout at 30 s).
+    assert not stack.events("drained") and not stack.events("drain_timeout"), "the drain should still be going on"
+    stack.release()
+    finish(streamer)
     assert streamed[-1] == "data: [DONE]" and len(streamed) == 102  # the drain protected it
-    wait_for(lambda: stack.events("drained") and stack.child("ollama")["state"] == "RUNNING", 20, what="restarted")
+    wait_for(lambda: stack.events("drained") and stack.child("ollama")["state"] == "RUNNING", what="restarted")
     assert status_of(stack, "/api/ps") == 200
-    # The defect was waiting for the drain (10 s here); the figure (0.1-0.2 s) is in the README.
-    assert enforced < 3.0, f"enforced {enforced:.2f}s after the save"
     print(f"\nallowlist enforced {enforced:.3f}s after the save, while the engine drained")

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from harness import Stack, dispose, new_stack, wait_for
+from harness import Stack, dispose, finish, new_stack, wait_for
 
 RUNS = int(os.environ.get("AI_SERVER_SHUTDOWN_RUNS", "50"))
 SCENARIOS = ("restart", "engine-reload", "warm", "allowlist-reload", "launch")
@@ -52,13 +52,13 @@ def run_once(seed: int) -> dict:
         worker = None
         if scenario == "launch":
             stack.start(wait=False)
-            wait_for(lambda: stack.log_file.exists() and stack.events("spawned"), 20, what="first spawn")
+            wait_for(lambda: stack.log_file.exists() and stack.events("spawned"), what="first spawn")
         else:
             stack.start()
             if scenario in ("restart", "engine-reload"):
                 worker = threading.Thread(target=stream, args=(stack, streamed))
                 worker.start()
-                wait_for(lambda: engine_started(stack), 10, what="stream under way")
+                wait_for(lambda: engine_started(stack), what="stream under way")
             if scenario == "restart":
                 threading.Thread(target=stack.cli, args=("restart", "ollama"), daemon=True).start()
             elif scenario == "engine-reload":
@@ -75,7 +75,7 @@ def run_once(seed: int) -> dict:
         stack.proc.wait(40)
         took = time.monotonic() - sent
         if worker is not None:
-            worker.join(30)
+            finish(worker)
         left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         return {"scenario": scenario, "took": took, "code": stack.proc.returncode, "left": left,
                 "late_starts": starts_after_shutdown(stack), "streamed": streamed,

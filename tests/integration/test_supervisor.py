@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import time
 
@@ -13,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from harness import PROXY_HOST, Stack, wait_for
+from harness import PROXY_HOST, Stack, one_line_failure, port_open, wait_for
 
 
 def serving(stack: Stack) -> bool:
@@ -69,8 +68,8 @@ def test_kill_9_of_a_child_comes_back_running_and_serving(stack: Stack, name: st
     before = stack.child(name)
     os.kill(before["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_for(lambda: (c := stack.child(name))["state"] == "RUNNING" and c["pid"] != before["pid"], 20, what=f"{name} RUNNING again")
-    wait_for(lambda: serving(stack), 20, what="serving again")
+    wait_for(lambda: (c := stack.child(name))["state"] == "RUNNING" and c["pid"] != before["pid"], what=f"{name} RUNNING again")
+    wait_for(lambda: serving(stack), what="serving again")
     elapsed = time.monotonic() - killed_at
     after = stack.child(name)
     assert after["restarts"] == before["restarts"] + 1
@@ -83,7 +82,7 @@ def test_always_crashing_engine_goes_fatal_with_its_reason(make_stack) -> None:
     stack = make_stack(engine_env={"FAKE_OLLAMA_CRASH": "1"})
     stack.start(wait=False)
     wait_for(lambda: stack.proc.poll() is None and stack.log_file.exists()
-             and any(e["to"] == "FATAL" for e in stack.events("state", process="ollama")), 30, what="FATAL")
+             and any(e["to"] == "FATAL" for e in stack.events("state", process="ollama")), what="FATAL")
     data = stack.status()
     assert data["exit"] == 3
     engine = next(c for c in data["children"] if c["name"] == "ollama")
@@ -99,7 +98,7 @@ def test_always_crashing_engine_goes_fatal_with_its_reason(make_stack) -> None:
 def test_fatal_child_starts_again_when_asked(make_stack) -> None:
     stack = make_stack(engine_env={"FAKE_OLLAMA_CRASH": "1"})
     stack.start(wait=False)
-    wait_for(lambda: stack.log_file.exists() and stack.events("state", process="ollama", to="FATAL"), 30, what="FATAL")
+    wait_for(lambda: stack.log_file.exists() and stack.events("state", process="ollama", to="FATAL"), what="FATAL")
     result = stack.cli("start", "ollama")
     assert result.returncode == 0
     assert len(stack.events("state", process="ollama", **{"from": "FATAL", "to": "STARTING"})) == 1
@@ -125,7 +124,7 @@ def test_sigkill_of_supervisor_then_run_again_leaves_no_orphan(stack: Stack) -> 
     assert all(psutil.pid_exists(p) for p in old.values())  # orphans, for now
     stack.start()
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in old.values()), 10, what="old children gone")
+                             for p in old.values()), what="old children gone")
     new = {c["name"]: c["pid"] for c in stack.status()["children"]}
     assert set(new.values()).isdisjoint(old.values())
     assert serving(stack)
@@ -168,6 +167,7 @@ def test_status_layout_matches_supervisorctl(stack: Stack) -> None:
     assert f"engine: listening on 127.0.0.1:{stack.engine_port} (loopback only: reached through the proxy)" in lines
     assert any(l.startswith("allowlist: 8 rules, loaded ") for l in lines)
     data = json.loads(stack.cli("status", "--json").stdout)
+    assert [child["name"] for child in data["children"]] == ["ollama", "haproxy"]
     for child in data["children"]:
         assert {"name", "state", "pid", "uptime_s", "restarts", "description"} <= child.keys()
 
@@ -194,7 +194,7 @@ def test_control_socket_is_private(stack: Stack) -> None:
 def test_logs_state_output_and_request_events(stack: Stack) -> None:
     httpx.get(stack.url("/api/tags?x=1"), timeout=5)
     httpx.post(stack.url("/api/pull"), json={"model": "x"}, timeout=5)
-    request = wait_for(lambda: stack.events("request", path="/api/pull"), 10, what="request event")[-1]
+    request = wait_for(lambda: stack.events("request", path="/api/pull"), what="request event")[-1]
     assert request["method"] == "POST" and request["status"] == 403 and request["client"] == "127.0.0.1"
     assert request["forwarded"] is False
     tags = stack.events("request", path="/api/tags")[-1]
@@ -210,7 +210,7 @@ def test_logs_state_output_and_request_events(stack: Stack) -> None:
 
 def test_tail_reads_back_and_filters(stack: Stack) -> None:
     httpx.get(stack.url("/api/version"), timeout=5)
-    wait_for(lambda: stack.events("request", path="/api/version"), 10, what="request event")
+    wait_for(lambda: stack.events("request", path="/api/version"), what="request event")
     result = stack.cli("tail", "-n", "5", "haproxy")
     lines = [json.loads(l) for l in result.stdout.splitlines()]
     assert 0 < len(lines) <= 5 and all(l["process"] == "haproxy" for l in lines)
@@ -219,14 +219,6 @@ def test_tail_reads_back_and_filters(stack: Stack) -> None:
 
 
 # ---- errors: one line, exit 1, no traceback ---------------------------------------------------
-
-def one_line_failure(result) -> str:
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
 
 def test_error_haproxy_not_installed(make_stack) -> None:
     stack = make_stack()
@@ -262,7 +254,7 @@ def test_error_engine_port_held_by_ollama_suggests_the_usual_culprits(make_stack
     other = subprocess.Popen([str(stack.bin_dir / "ollama"), "serve"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: port_open("127.0.0.1", stack.engine_port), 10, what="other ollama listening")
+        wait_for(lambda: port_open("127.0.0.1", stack.engine_port), what="other ollama listening")
         line = one_line_failure(stack.cli("run", timeout=30))
         assert "Ollama menu-bar app" in line and "brew services stop ollama" in line
     finally:
@@ -301,14 +293,6 @@ def test_error_invalid_toml_syntax(make_stack) -> None:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def subprocess_listener(port: int):
     import subprocess
     import sys
@@ -334,7 +318,7 @@ def test_a_stalled_log_reader_never_stalls_the_proxy(stack: Stack) -> None:
         os.kill(stack.proc.pid, signal.SIGCONT)
     assert answers == [403] * 3000  # far more log lines than the socket buffer holds, none waited for
     print(f"\n3000 requests with the log reader frozen: {elapsed:.2f}s")
-    wait_for(lambda: serving(stack) and stack.status()["exit"] == 0, 10, what="supervisor back")
+    wait_for(lambda: serving(stack) and stack.status()["exit"] == 0, what="supervisor back")
 
 
 def test_streamed_chunks_are_forwarded_as_produced(make_stack) -> None:
@@ -362,7 +346,7 @@ def test_log_rotates_by_size_and_tail_reads_across(make_stack) -> None:
         for _ in range(300):
             client.get(stack.url("/api/version"))
     logs = stack.log_file.parent
-    wait_for(lambda: (logs / "ai-server.jsonl.1").exists(), 10, what="a rotated file")
+    wait_for(lambda: (logs / "ai-server.jsonl.1").exists(), what="a rotated file")
     assert stack.log_file.stat().st_size <= 0.02 * 1024 * 1024 + 4096
     assert not (logs / "ai-server.jsonl.4").exists()  # backups = 3
     in_current = sum(json.loads(l).get("process") == "haproxy" for l in stack.log_file.read_text().splitlines())
@@ -378,7 +362,7 @@ def test_fatal_engine_starts_again_when_its_config_changes(make_stack) -> None:
     broken = stack.default_config().replace("[engine]\n", '[engine]\nenv = { FAKE_OLLAMA_CRASH = "1" }\n')
     stack.write_config(broken)
     stack.start(wait=False)
-    wait_for(lambda: stack.log_file.exists() and stack.events("state", process="ollama", to="FATAL"), 30, what="FATAL")
+    wait_for(lambda: stack.log_file.exists() and stack.events("state", process="ollama", to="FATAL"), what="FATAL")
     stack.write_config(stack.default_config())  # the fix
-    wait_for(lambda: stack.cli("status").returncode == 0, 30, what="running again")
+    wait_for(lambda: stack.cli("status").returncode == 0, what="running again")
     assert serving(stack)

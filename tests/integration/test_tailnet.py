@@ -54,7 +54,7 @@ def test_proxy_reachable_from_the_tailnet_engine_not(make_stack, tailnet: Tailne
     # And the proxy is only on the tailnet address: not on loopback.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{stack.proxy_port}/api/tags", timeout=2)
-    request = wait_for(lambda: stack.events("request", path="/api/tags"), 10, what="request logged")[-1]
+    request = wait_for(lambda: stack.events("request", path="/api/tags"), what="request logged")[-1]
     assert request["client"] == REMOTE_ADDR
 
 
@@ -64,7 +64,7 @@ def test_waits_for_tailscale_then_binds_and_follows(make_stack, tailnet: Tailnet
     state = tailscale_cli(stack, running=False)
     stack.write_config(tailscale_config(stack))
     stack.start(wait=False)
-    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), what="status")
     assert data["proxy"]["waiting"] == "waiting for a tailnet address: Tailscale is Stopped"
     haproxy = next(c for c in data["children"] if c["name"] == "haproxy")
     assert haproxy["state"] == "STOPPED" and "Tailscale is Stopped" in haproxy["description"]
@@ -73,11 +73,11 @@ def test_waits_for_tailscale_then_binds_and_follows(make_stack, tailnet: Tailnet
 
     tailnet.add_address()
     set_tailscale(state, [HOST_ADDR])
-    wait_for(lambda: stack.cli("status").returncode == 0, 30, what="bound to the new address")
+    wait_for(lambda: stack.cli("status").returncode == 0, what="bound to the new address")
     assert remote_status(tailnet, f"http://{HOST_ADDR}:{stack.proxy_port}/api/version") == "200"
 
     set_tailscale(state, None)  # Tailscale stopped: the address may still be on the interface
-    wait_for(lambda: stack.status()["proxy"]["waiting"], 30, what="waiting again")
+    wait_for(lambda: stack.status()["proxy"]["waiting"], what="waiting again")
     assert stack.child("haproxy")["state"] == "STOPPED"
     assert remote_status(tailnet, f"http://{HOST_ADDR}:{stack.proxy_port}/api/version") == "000"
 
@@ -91,7 +91,7 @@ def test_a_carrier_address_is_never_taken_for_the_tailnet(make_stack, tailnet: T
     (state / "tailscale.down").write_text("failed to connect to local tailscaled; it doesn't appear to be running")
     stack.write_config(tailscale_config(stack))
     stack.start(wait=False)
-    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), what="status")
     assert data["proxy"]["listen"] == []
     assert "tailscaled" in data["proxy"]["waiting"]
     assert remote_status(tailnet, f"http://{HOST_ADDR}:{stack.proxy_port}/api/version") == "000"
@@ -102,7 +102,7 @@ def test_without_the_cli_only_tailscales_own_interface_counts(make_stack, tailne
     stack = make_stack()
     stack.write_config(tailscale_config(stack))
     stack.start(wait=False)
-    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), what="status")
     assert data["proxy"]["listen"] == [] and "no tailscale CLI" in data["proxy"]["waiting"]
     stack.stop()
     if any(name.startswith("tailscale") for name in __import__("psutil").net_if_addrs()):
