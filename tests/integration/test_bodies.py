@@ -164,7 +164,7 @@ def test_bodies_over_the_memory_budget_wait_their_turn(make_stack: Any) -> None:
     finally:
         for sock in holders:
             sock.close()
-    assert wait_for(lambda: send(stack, head(stack, len(body)) + body)[0] == 200, 10, what="room again")
+    assert wait_for(lambda: send(stack, head(stack, len(body)) + body)[0] == 200, what="room again")
 
 
 def test_a_model_check_that_is_cut_short_refuses(make_stack: Any) -> None:
@@ -227,10 +227,10 @@ def test_batch_requests_never_fill_the_queue_for_interactive_ones(make_stack: An
                   engine_env={"FAKE_OLLAMA_TOKEN_DELAY": "0.1"}, engine="parallel = 1\n")
     statuses: list[int] = []
     stream_from(stack, BATCH, statuses)  # holds the one slot for 40 s
-    wait_for(lambda: reached(stack), 10, what="the first generation running")
+    wait_for(lambda: reached(stack), what="the first generation running")
     for _ in range(9):
         stream_from(stack, BATCH, statuses)
-    refused = wait_for(lambda: statuses.count(503) == 3 and statuses, 20, what="batch refused past its room")
+    refused = wait_for(lambda: statuses.count(503) == 3 and statuses, what="batch refused past its room")
     assert refused.count(503) == 3  # 1 running, 6 queued, 3 refused
     queued = wait_for(lambda: (load := stack.status()["load"]) and load["queued"]["batch"] == 6 and load, 10,
                       what="6 batch requests queued")
@@ -249,10 +249,10 @@ def test_engine_native_generation_paths_wait_for_a_slot(make_stack: Any) -> None
                   allow=allow, engine="parallel = 1\n")
     statuses: list[int] = []
     stream_from(stack, BATCH, statuses)
-    wait_for(lambda: reached(stack), 10, what="the first generation running")
+    wait_for(lambda: reached(stack), what="the first generation running")
     for path in ("/completion", "/infill"):
         stream_from(stack, BATCH, statuses, path=path)
-    wait_for(lambda: stack.status()["load"]["queued"]["normal"] == 2, 10, what="both queued")
+    wait_for(lambda: stack.status()["load"]["queued"]["normal"] == 2, what="both queued")
     assert reached(stack, "/completion") == [] and reached(stack, "/infill") == []
 
 

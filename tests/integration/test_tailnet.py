@@ -124,6 +124,6 @@ def test_without_the_cli_an_fd7a_address_on_a_lan_interface_is_not_tailscales(ma
     stack = make_stack()
     stack.write_config(tailscale_config(stack))
     stack.start(wait=False)
-    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), 20, what="status")
+    data = wait_for(lambda: stack.cli("status", "--json").returncode == 3 and stack.status(), what="status")
     assert data["proxy"]["listen"] == [] and "no tailscale CLI" in data["proxy"]["waiting"]
     assert remote_status(tailnet, f"http://{HOST_ADDR}:{stack.proxy_port}/api/version") == "000"
