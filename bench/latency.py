@@ -90,7 +90,7 @@ def main() -> int:
             return elapsed
 
         for name in conns:  # connect, warm up
-            wait_for(lambda: once(name) > 0, what=f"{name} answering")
+            wait_for(lambda name=name: once(name) > 0, what=f"{name} answering")
             for _ in range(200):
                 once(name)
         samples: dict[str, list[float]] = {name: [] for name in conns}

@@ -29,8 +29,9 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import psutil
@@ -175,7 +176,8 @@ def failover(how: str) -> dict[str, Any]:
         after = [r for r in results if r["started"] >= at]
         elsewhere = min((r["first"] for r in after if r["ok"]), default=float("nan"))
         return {"how": how, "requests": len(results), "failed": len(failed),
-                "cut": sum(1 for r in failed if r["started"] < at), "refused": sum(1 for r in failed if r["why"].startswith("503")),
+                "cut": sum(1 for r in failed if r["started"] < at),
+                "refused": sum(1 for r in failed if r["why"].startswith("503")),
                 "last_failed": max((r["ended"] for r in failed), default=at) - at,
                 "first_elsewhere": elsewhere - at,
                 "longest_wait": max((r["ended"] - r["started"] for r in after), default=float("nan"))}
@@ -205,7 +207,8 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for how in ("killed", "silent"):
         r = failover(how)
-        print(f"| {r['how']} | {r['requests']} | {r['failed']} | {r['cut']} | {r['refused']} | {r['last_failed'] * 1000:.0f} ms | "
+        print(f"| {r['how']} | {r['requests']} | {r['failed']} | {r['cut']} | {r['refused']} | "
+              f"{r['last_failed'] * 1000:.0f} ms | "
               f"{r['first_elsewhere'] * 1000:.0f} ms | {r['longest_wait'] * 1000:.0f} ms |")
     print("\n(clients here retry at once, without backoff: every 503 while the node is not yet marked down counts)")
     return 0

@@ -141,7 +141,7 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
            "interactive wait p50 / p95 s | batch wait p50 / p95 s | interactive TTFT p50 / p95 s | batch TTFT p50 / p95 s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows:
-        def pair(kind: str, cls: str) -> str:
+        def pair(kind: str, cls: str, r: dict[str, Any] = r) -> str:
             p50, p95 = r[kind].get(cls, (float("nan"), float("nan")))
             return f"{p50:.2f} / {p95:.2f}"
         capacity = "—" if r["capacity"] is None else f"{100 * r['capacity']:.1f}%"
@@ -165,7 +165,8 @@ def main() -> int:
     print(table(rows))
     if not args.skip_real:
         real_rows = [("llama-server --parallel 2, with the queue", real(args.real_seconds))]
-        print(f"\nllama-server + SmolLM2 135M: 32 tokens a generation; 2 interactive + 2 batch clients, {args.real_seconds:g} s\n")
+        print("\nllama-server + SmolLM2 135M: 32 tokens a generation; "
+              f"2 interactive + 2 batch clients, {args.real_seconds:g} s\n")
         print(table(real_rows))
     return 0
 

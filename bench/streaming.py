@@ -39,7 +39,7 @@ def stream_once(base: str, model: str, tokens: int) -> tuple[float, list[float],
                 if choices[0].get("delta", {}).get("content"):
                     stamps.append(time.perf_counter())
     total = (time.perf_counter() - started) * 1000
-    gaps = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
+    gaps = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:], strict=False)]
     return (stamps[0] - started) * 1000, gaps, total
 
 

@@ -4,8 +4,9 @@ torn down after each test. The harness itself is harness.py."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -11,7 +11,7 @@ refused by validation, naming the rule, before anything is compiled.
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import tomlkit
@@ -141,7 +141,8 @@ def test_405_lists_every_method_any_matching_rule_allows(proxy: Stack) -> None:
     allow = accepted([("/v1/{model}", ["GET"]), ("/v1/models/{model}", ["POST", "DELETE"]), ("/v1/models/x", ["PUT"])])
     runtime.swap(proxy.state_dir / "haproxy.sock", maps.allowlist_maps(allow))
     with socket.create_connection((PROXY_HOST, proxy.proxy_port), timeout=5) as sock:
-        sock.sendall(f"PATCH /v1/models/x HTTP/1.1\r\nHost: {PROXY_HOST}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".encode())
+        sock.sendall(f"PATCH /v1/models/x HTTP/1.1\r\nHost: {PROXY_HOST}\r\n"
+                     "Connection: close\r\nContent-Length: 0\r\n\r\n".encode())
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk

@@ -37,7 +37,7 @@ def stream_chat(stack: Stack, out: dict) -> None:
     body = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     try:
         with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=60) as response:
-            out["lines"] = [l for l in response.iter_lines() if l.startswith("data: ")]
+            out["lines"] = [ln for ln in response.iter_lines() if ln.startswith("data: ")]
         out["ended"] = time.time()
     except httpx.HTTPError as err:
         out["error"] = repr(err)
@@ -91,7 +91,8 @@ def test_requests_wait_while_a_crashed_engine_comes_back(stack: Stack) -> None:
 
 def test_warm_models_after_start_pull_then_load_past_a_failure(make_stack) -> None:
     stack = make_stack(engine_env={"FAKE_OLLAMA_MODELS": "smollm2:135m", "FAKE_OLLAMA_PULLABLE": "qwen2.5-coder:32b"})
-    stack.write_config(stack.default_config() + '\n[warm]\nmodels = ["smollm2:135m", "nosuch:7b", "qwen2.5-coder:32b"]\nkeep_alive = "2h"\n')
+    stack.write_config(stack.default_config()
+                       + '\n[warm]\nmodels = ["smollm2:135m", "nosuch:7b", "qwen2.5-coder:32b"]\nkeep_alive = "2h"\n')
     stack.start()
     done = wait_for(lambda: len(stack.events("warm")) == 3 and stack.events("warm"), what="three warm outcomes")
     assert [(e["model"], e["outcome"]) for e in done] == [
@@ -190,7 +191,7 @@ def test_a_hold_left_by_a_killed_supervisor_is_released_at_launch(stack: Stack) 
     stack.proc.wait(10)
     (stack.state_dir / "hold.map").write_text("hold 1\n")  # as if it died mid-restart
     stack.start()
-    assert [l for l in (stack.state_dir / "hold.map").read_text().splitlines() if not l.startswith("#")] == ["hold 0"]
+    assert [ln for ln in (stack.state_dir / "hold.map").read_text().splitlines() if not ln.startswith("#")] == ["hold 0"]
     # Not held: a held request would wait proxy.queue_timeout (120 s) for an engine that is up.
     assert httpx.get(stack.url("/api/tags"), timeout=60).status_code == 200
 

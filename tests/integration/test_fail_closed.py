@@ -17,7 +17,6 @@ import pytest
 
 from harness import PROXY_HOST, Stack, one_line_failure, wait_for
 
-
 # -- the state dir ---------------------------------------------------------------------------------
 
 def test_a_state_dir_others_can_write_is_refused(make_stack) -> None:

@@ -10,9 +10,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -45,7 +45,7 @@ class Machine:
 
     def calls(self) -> list[list[str]]:
         path = self.state / "calls.jsonl"
-        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
 
     def changes(self) -> list[list[str]]:
         """The calls that change something (probes left out)."""
@@ -194,7 +194,8 @@ def test_macos_install_then_again_then_uninstall(mac: Machine) -> None:
 def test_macos_dry_run_changes_nothing(mac: Machine) -> None:
     result = mac.cli("install", "--dry-run", "--yes")
     assert result.returncode == 0, result.stderr
-    assert any(l.startswith("would run ") and l.endswith("brew install ollama    # the inference engine") for l in result.stdout.splitlines())
+    assert any(ln.startswith("would run ") and ln.endswith("brew install ollama    # the inference engine")
+               for ln in result.stdout.splitlines())
     assert "would write " + str(mac.home / "Library/LaunchAgents/com.ai-server.plist") in result.stdout
     assert "Security Layer: HAProxy Proxy (Highly Recommended)" in result.stdout
     assert mac.changes() == [] and not (mac.home / "Library").exists() and not mac.config_dir.exists()
@@ -272,8 +273,8 @@ def test_dry_run_shows_the_whole_plan_when_prerequisites_are_missing(linux: Mach
     dry = linux.cli("install", "--dry-run", "--yes")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert any(l.startswith("MISSING: no systemd user instance here") for l in lines)
-    assert any(l.startswith("MISSING: install these first") and "install haproxy" in l for l in lines)
+    assert any(ln.startswith("MISSING: no systemd user instance here") for ln in lines)
+    assert any(ln.startswith("MISSING: install these first") and "install haproxy" in ln for ln in lines)
     assert "would write " + str(linux.home / ".config/systemd/user/ai-server.service") in lines
     assert "would run systemctl --user restart ai-server.service" in lines
     assert linux.changes() == [] and not linux.config_dir.exists()

@@ -140,7 +140,7 @@ def test_reload_under_load_drops_nothing(make_stack) -> None:
             while not stop.is_set():
                 try:
                     with client.stream("POST", stack.url("/v1/chat/completions"), json=body) as response:
-                        events = [l for l in response.iter_lines() if l.startswith("data: ")]
+                        events = [ln for ln in response.iter_lines() if ln.startswith("data: ")]
                     chunks = [json.loads(e[6:]) for e in events if e != "data: [DONE]"]
                     if events[-1:] != ["data: [DONE]"] or len(chunks) != 41:
                         failures.append(f"cut stream: {len(chunks)} chunks, last {events[-1:]}")
@@ -160,7 +160,7 @@ def test_reload_under_load_drops_nothing(make_stack) -> None:
             wanted = 200 if i % 2 == 0 else 403
             save_like_an_editor(allow_file, DEFAULT_ALLOW + (PS_RULE if wanted == 200 else ""))
             saved = time.monotonic()
-            wait_for(lambda: status_of(stack, "/api/ps") == wanted, interval=0.02, what=f"rewrite {i} enforced")
+            wait_for(lambda wanted=wanted: status_of(stack, "/api/ps") == wanted, interval=0.02, what=f"rewrite {i} enforced")
             enforced_after.append(time.monotonic() - saved)
             i += 1
     finally:
@@ -182,7 +182,7 @@ def test_proxy_reload_finishes_streams_in_flight(make_stack) -> None:
     def stream() -> None:
         try:
             with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=30) as response:
-                lines = [l for l in response.iter_lines() if l.startswith("data: ")]
+                lines = [ln for ln in response.iter_lines() if ln.startswith("data: ")]
             results.append("ok" if lines[-1] == "data: [DONE]" and len(lines) == 62 else f"cut after {len(lines)}")
         except httpx.HTTPError as err:
             results.append(repr(err))
@@ -193,7 +193,7 @@ def test_proxy_reload_finishes_streams_in_flight(make_stack) -> None:
     stack.wait_held(4)
     for size in (10, 20, 30):
         stack.write_config(stack.default_config().replace("drain_timeout = 5", f"drain_timeout = 5\nmax_body_mb = {size}"))
-        wait_for(lambda: len(stack.events("proxy_reload")) >= size // 10, what="proxy reloaded")
+        wait_for(lambda size=size: len(stack.events("proxy_reload")) >= size // 10, what="proxy reloaded")
         assert status_of(stack, "/api/tags") == 200
     assert stack.engine_load()["held"] == 4
     stack.release()
@@ -213,7 +213,7 @@ def test_allowlist_applies_at_once_while_the_engine_drains(make_stack) -> None:
 
     def stream() -> None:
         with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, timeout=60) as response:
-            streamed.extend(l for l in response.iter_lines() if l.startswith("data: "))
+            streamed.extend(ln for ln in response.iter_lines() if ln.startswith("data: "))
 
     stack.hold()  # the stream holds the drain until the test is done with it
     streamer = threading.Thread(target=stream)

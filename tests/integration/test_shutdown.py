@@ -23,7 +23,7 @@ STREAM = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user",
 def stream(stack: Stack, out: dict) -> None:
     try:
         with httpx.stream("POST", stack.url("/v1/chat/completions"), json=STREAM, timeout=30) as response:
-            out["lines"] = [l for l in response.iter_lines() if l.startswith("data: ")]
+            out["lines"] = [ln for ln in response.iter_lines() if ln.startswith("data: ")]
     except httpx.HTTPError as err:
         out["error"] = repr(err)
 

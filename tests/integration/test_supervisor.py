@@ -159,13 +159,13 @@ def test_status_exit_codes(make_stack) -> None:
 
 def test_status_layout_matches_supervisorctl(stack: Stack) -> None:
     lines = stack.cli("status").stdout.splitlines()
-    engine = next(l for l in lines if l.startswith("ollama"))
+    engine = next(ln for ln in lines if ln.startswith("ollama"))
     assert engine[:33] == "ollama".ljust(33)
     assert engine[33:43] == "RUNNING   "
     assert engine[43:].startswith("pid ") and ", uptime 0:00:" in engine
     assert f"proxy: listening on {PROXY_HOST}:{stack.proxy_port}" in lines
     assert f"engine: listening on 127.0.0.1:{stack.engine_port} (loopback only: reached through the proxy)" in lines
-    assert any(l.startswith("allowlist: 8 rules, loaded ") for l in lines)
+    assert any(ln.startswith("allowlist: 8 rules, loaded ") for ln in lines)
     data = json.loads(stack.cli("status", "--json").stdout)
     assert [child["name"] for child in data["children"]] == ["ollama", "haproxy"]
     for child in data["children"]:
@@ -212,8 +212,8 @@ def test_tail_reads_back_and_filters(stack: Stack) -> None:
     httpx.get(stack.url("/api/version"), timeout=5)
     wait_for(lambda: stack.events("request", path="/api/version"), what="request event")
     result = stack.cli("tail", "-n", "5", "haproxy")
-    lines = [json.loads(l) for l in result.stdout.splitlines()]
-    assert 0 < len(lines) <= 5 and all(l["process"] == "haproxy" for l in lines)
+    lines = [json.loads(ln) for ln in result.stdout.splitlines()]
+    assert 0 < len(lines) <= 5 and all(ln["process"] == "haproxy" for ln in lines)
     everything = stack.cli("tail", "-n", "1000").stdout.splitlines()
     assert len(everything) > len(lines)
 
@@ -332,7 +332,7 @@ def test_streamed_chunks_are_forwarded_as_produced(make_stack) -> None:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 stamps.append(time.monotonic())
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert len(stamps) == 21
     spread = [g for g in gaps if g > 0.025]
     assert len(spread) >= 0.8 * len(gaps), [round(g * 1000) for g in gaps]
@@ -349,11 +349,11 @@ def test_log_rotates_by_size_and_tail_reads_across(make_stack) -> None:
     wait_for(lambda: (logs / "ai-server.jsonl.1").exists(), what="a rotated file")
     assert stack.log_file.stat().st_size <= 0.02 * 1024 * 1024 + 4096
     assert not (logs / "ai-server.jsonl.4").exists()  # backups = 3
-    in_current = sum(json.loads(l).get("process") == "haproxy" for l in stack.log_file.read_text().splitlines())
+    in_current = sum(json.loads(ln).get("process") == "haproxy" for ln in stack.log_file.read_text().splitlines())
     lines = stack.cli("tail", "-n", "5000", "haproxy").stdout.splitlines()
     assert len(lines) > in_current  # older lines come from the rotated files
-    assert all(json.loads(l)["process"] == "haproxy" for l in lines)
-    stamps = [json.loads(l)["timestamp"] for l in lines]
+    assert all(json.loads(ln)["process"] == "haproxy" for ln in lines)
+    stamps = [json.loads(ln)["timestamp"] for ln in lines]
     assert stamps == sorted(stamps)  # oldest first, across files
 
 

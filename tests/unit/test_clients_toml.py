@@ -121,7 +121,8 @@ def test_tailscale_status_shapes() -> None:
     status = parse("""{"BackendState": "Running", "TailscaleIPs": ["100.64.0.1", "fd7a:115c:a1e0::1"],
       "Self": {"DNSName": "MyMac.tail1234.ts.net.", "HostName": "My Mac", "TailscaleIPs": ["100.64.0.1"]},
       "CertDomains": ["mymac.tail1234.ts.net"],
-      "Peer": {"nodekey:1": {"HostName": "x", "DNSName": "bad name.ts.net.", "UserID": 7, "TailscaleIPs": ["100.64.0.9", "nonsense"],
+      "Peer": {"nodekey:1": {"HostName": "x", "DNSName": "bad name.ts.net.", "UserID": 7,
+                             "TailscaleIPs": ["100.64.0.9", "nonsense"],
                              "Tags": ["tag:ci"]}},
       "User": {"7": {"ID": 7, "LoginName": "bob@example.com"}}}""")
     assert status.running and status.addresses == ("100.64.0.1", "fd7a:115c:a1e0::1")

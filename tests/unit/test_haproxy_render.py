@@ -112,7 +112,8 @@ def test_host_forms() -> None:
 
 
 def test_parse_access_log_line() -> None:
-    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- m3 studio-2:backup laptop qwen2.5-coder:7b interactive POST "
+    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- m3 studio-2:backup laptop "
+            "qwen2.5-coder:7b interactive POST "
             "/v1/messages?beta=true")
     fields = parse_log(line)
     assert fields == {

@@ -34,7 +34,8 @@ def test_proxy_settings_reload_the_proxy(text: str) -> None:
     assert p.proxy and not p.rules
 
 
-@pytest.mark.parametrize("text", ['[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n', '[engine]\ncommand = ["ollama", "serve", "-x"]\n',
+@pytest.mark.parametrize("text", ['[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n',
+                                  '[engine]\ncommand = ["ollama", "serve", "-x"]\n',
                                   '[engine]\nkind = "llama-server"\n'])
 def test_how_the_engine_runs_restarts_it(text: str) -> None:
     assert plan(desired(), desired(text)).engine == "engine config changed"

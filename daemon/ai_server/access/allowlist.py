@@ -157,7 +157,7 @@ def parse(text: str, label: str = "allowlist.toml") -> Allowlist:
     for index, entry in enumerate(entries):
         here = line_of(text, "allow", None, index)
 
-        def fail(key: str, message: str) -> ConfigError:
+        def fail(key: str, message: str, index: int = index, here: int | None = here) -> ConfigError:
             return ConfigError(label, message, line=line_of(text, "allow", key, index) or here,
                                key=f"allow[{index}].{key}")
 

@@ -19,9 +19,10 @@ import fnmatch
 import hashlib
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import tomlkit
 
@@ -197,7 +198,7 @@ def _policy(t: Table, base: Policy, allow_paths: bool) -> Policy:
 
 def parse(text: str, label: str = "clients.toml") -> Clients:
     data = parse_toml(text, label)
-    for name, value in data.items():
+    for name in data:
         if name not in ("defaults", "unknown", "client"):
             raise ConfigError(label, "unknown table; clients.toml has [defaults], [unknown] and [[client]]",
                               line=line_of(text, name) or line_of(text, None, name), key=name)

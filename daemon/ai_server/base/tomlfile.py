@@ -11,9 +11,10 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ai_server.base.errors import ConfigError
 

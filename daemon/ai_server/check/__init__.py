@@ -9,8 +9,8 @@ inside one check is that check's FAIL, with the error; the run goes on.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from typing import Callable, Iterable
 
 from ai_server.check import allowlist, apis, isolation, performance, service  # noqa: F401 (registers them)
 from ai_server.check.registry import Check, Context, Fail, Result, Skip, expect, registered

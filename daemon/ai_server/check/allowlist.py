@@ -6,7 +6,7 @@ refusal must be the proxy's own (403, naming the allowlist).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ai_server.access import allowlist
 from ai_server.check.registry import Check, Context, check, expect, factory, needs_proxy

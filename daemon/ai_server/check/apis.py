@@ -8,7 +8,8 @@ straight to the engine: if it breaks there too, the detail says the engine is at
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import httpx
 
@@ -93,8 +94,8 @@ def chat_stream(ctx: Context) -> str:
         expect(response.status_code == 200, f"answered {response.status_code}")
         expect(response.headers.get("content-type", "").startswith("text/event-stream"),
                f"content-type {response.headers.get('content-type')!r}, not text/event-stream")
-        lines = [l for l in response.iter_lines() if l.startswith("data: ")]
-    chunks = len([l for l in lines if l != "data: [DONE]"])
+        lines = [ln for ln in response.iter_lines() if ln.startswith("data: ")]
+    chunks = len([ln for ln in lines if ln != "data: [DONE]"])
     expect(chunks >= 2 and lines[-1:] == ["data: [DONE]"], f"{chunks} chunks, last {lines[-1:]}")
     return f"{chunks} SSE chunks"
 
@@ -154,7 +155,7 @@ def stream_events(client: httpx.Client, base: str, model: str | None, prompt: st
             "messages": [{"role": "user", "content": prompt}]}
     with client.stream("POST", base + "/v1/messages", headers=ANTHROPIC_HEADERS, json=body) as response:
         expect(response.status_code == 200, f"answered {response.status_code}")
-        return [l[7:] for l in response.iter_lines() if l.startswith("event: ")]
+        return [ln[7:] for ln in response.iter_lines() if ln.startswith("event: ")]
 
 
 def order_problem(events: list[str]) -> str | None:

@@ -4,7 +4,7 @@ they should (as this user, the engine on loopback only, the proxy on the tailnet
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 
@@ -80,7 +80,7 @@ def loopback(ctx: Context) -> str:
     found = audit.violations(listeners)
     if found:
         raise Fail("; ".join(found))
-    return ", ".join(sorted({host_port(l.address, l.port) for l in listeners})) or "nothing yet"
+    return ", ".join(sorted({host_port(ln.address, ln.port) for ln in listeners})) or "nothing yet"
 
 
 @check("service", "HAProxy listens on the tailnet address only", needs_proxy)
@@ -88,7 +88,7 @@ def proxy_only_there(ctx: Context) -> str:
     child = ctx.child("haproxy")
     expect(child["pid"], "HAProxy is not running")
     wanted = set(ctx.status["proxy"]["listen"])  # type: ignore[index]
-    seen = {host_port(l.address, l.port) for l in audit.snapshot(child["pid"])}
+    seen = {host_port(ln.address, ln.port) for ln in audit.snapshot(child["pid"])}
     expect(seen, "HAProxy listens nowhere")
     extra = seen - wanted
     if extra:

@@ -54,8 +54,8 @@ def is_loopback(address: str) -> bool:
 
 def violations(listeners: list[Listener], also: frozenset[str] = frozenset()) -> list[str]:
     """What listens beyond loopback (and the `also` addresses), as readable lines."""
-    return [f"{l.name} (pid {l.pid}) listens on {host_port(l.address, l.port)}"
-            for l in listeners if not is_loopback(l.address) and l.address not in also]
+    return [f"{ln.name} (pid {ln.pid}) listens on {host_port(ln.address, ln.port)}"
+            for ln in listeners if not is_loopback(ln.address) and ln.address not in also]
 
 
 def check(pid: int, also: frozenset[str] = frozenset()) -> str | None:

@@ -8,8 +8,8 @@ runtime API) and the supervisor waits for the generations in flight before stopp
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ai_server.base import logs
 from ai_server.base.errors import HaproxyRuntimeError

@@ -15,8 +15,9 @@ The policy, after supervisord, with what its users ask for fixed:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ai_server.children.states import ALIVE, State, check
 from ai_server.config import RestartPolicy

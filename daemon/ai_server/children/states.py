@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class State(str, Enum):
+class State(StrEnum):
     STOPPED = "STOPPED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"
@@ -44,7 +44,7 @@ ALLOWED: dict[State, frozenset[State]] = {
 ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 
-class Mood(str, Enum):
+class Mood(StrEnum):
     """The daemon's own state, as supervisord's "mood": once SHUTDOWN, nothing starts again.
 
     Every path that spawns a child (a start, a retry, an engine restart, a reload, a warm-up)

@@ -11,8 +11,9 @@ import json
 import os
 import socket
 import stat
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 from ai_server.base.errors import ControlError, NotRunning
 
@@ -49,7 +50,8 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
     return server
 
 
-def stream(path: Path, command: str, args: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Iterator[dict[str, Any]]:
+def stream(path: Path, command: str, args: dict[str, Any] | None = None,
+           timeout: float | None = 30.0) -> Iterator[dict[str, Any]]:
     """Send one request; yield each progress line and finally the answer (or raise)."""
     try:
         info = os.lstat(path)
@@ -84,7 +86,7 @@ def stream(path: Path, command: str, args: dict[str, Any] | None = None, timeout
                     if not message["ok"]:
                         raise ControlError(str(message.get("error", "the supervisor refused the request")))
                     return
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"the supervisor did not answer {command!r} within {timeout:g}s") from None
         except OSError as err:
             raise ControlError(f"lost the supervisor while waiting for {command!r}: {err}") from None

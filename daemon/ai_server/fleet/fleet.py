@@ -153,7 +153,8 @@ class Fleet:
         for name, state in sorted(self.states.items()):
             servers = [r for r in rows if (r.get("pxname", "").startswith("m") or r.get("pxname") == "any_node")
                        and r.get("svname") in (name, names.backup_name(name))]
-            health = next((r.get("status", "") for r in rows if r.get("pxname") == f"node_{name}" and r.get("svname") == name), "")
+            health = next((r.get("status", "") for r in rows
+                          if r.get("pxname") == f"node_{name}" and r.get("svname") == name), "")
             out.append({
                 "name": name, "url": self.urls.get(name) or "(this machine's engine)",
                 "state": "DRAIN" if state.drained else (health.split(" ")[0] or "UNKNOWN"),

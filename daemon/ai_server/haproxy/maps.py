@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ai_server.access.allowlist import METHODS, MODEL_PLACEHOLDER, Allowlist, path_regex
 from ai_server.access.clients import FRONT, UNKNOWN, Clients, Policy, normalize_glob

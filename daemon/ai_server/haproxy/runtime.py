@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ai_server.base.errors import HaproxyRuntimeError
 from ai_server.haproxy.maps import MapFile
@@ -52,11 +52,11 @@ def set_value(stats_socket: Path, name: str, key: str, value: str) -> None:
 def stats(stats_socket: Path) -> list[dict[str, str]]:
     """`show stat`, one dict per row, by column name (pxname, svname, scur, qcur, status, ...)."""
     text = command(stats_socket, "show stat")
-    lines = [l for l in text.splitlines() if l.strip()]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines or not lines[0].startswith("# "):
         raise HaproxyRuntimeError(f"show stat: {text.strip()[:200]}")
     header = lines[0][2:].split(",")
-    return [dict(zip(header, line.split(","))) for line in lines[1:]]
+    return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
 
 
 def server_stats(stats_socket: Path, backend: str = "engine", server: str = "engine") -> dict[str, str]:

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ai_server.base.errors import AiServerError
@@ -37,7 +37,7 @@ class Certificate:
 def not_after(cert_file: Path) -> str | None:
     try:
         decoded = ssl._ssl._test_decode_cert(str(cert_file))  # type: ignore[attr-defined]
-        when = datetime.strptime(decoded["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
+        when = datetime.strptime(decoded["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
         return when.isoformat(timespec="seconds").replace("+00:00", "Z")
     except Exception:  # an unreadable date is shown as unknown; the certificate still serves
         return None
