@@ -139,7 +139,9 @@ def test_each_device_is_the_client_its_most_specific_entry_names(net: Net) -> No
     # alices-macbook is also alice@example.com's: the device entry wins over the user entry.
     assert net.who("/v1/models") == ["laptop", "alice", "ci"]
     status, _, text = net.call(STRANGER, "GET", "/v1/models")  # bob, no entry: [unknown] deny
-    assert status == 403 and json.loads(text) == {"error": "this device is not a client ([unknown] policy = deny)",
+    message = "this device is not a client ([unknown] policy = deny) (reason: unknown, client: unknown)"
+    assert status == 403 and json.loads(text) == {"error": {"code": "unknown", "type": "permission_error", "param": None,
+                                                            "message": message},
                                                   "client": "unknown", "reason": "unknown", "status": 403}
     assert [r for r in net.stack.engine_requests() if r["target"] == "/v1/models"].__len__() == 3
 
@@ -180,7 +182,9 @@ def test_paths_and_models_per_client(net: Net) -> None:
     assert status == 403 and json.loads(text)["reason"] == "path" and json.loads(text)["client"] == "laptop"
     assert net.call(LAPTOP, "POST", "/v1/chat/completions", CHAT)[0] == 200
     status, _, text = net.call(LAPTOP, "POST", "/v1/chat/completions", {**CHAT, "model": "qwen2.5-coder:32b"})
-    assert status == 403 and json.loads(text) == {"error": "this model is not allowed for this client",
+    message = "this model is not allowed for this client (reason: model, client: laptop)"
+    assert status == 403 and json.loads(text) == {"error": {"code": "model", "type": "permission_error", "param": None,
+                                                            "message": message},
                                                   "client": "laptop", "reason": "model", "status": 403}
     assert net.call(CI, "POST", "/v1/chat/completions", {**CHAT, "model": "smollm2:360m"})[0] == 403
     assert net.call(PHONE, "GET", "/api/tags")[0] == 200  # alice: every path, every model
@@ -223,8 +227,10 @@ def test_rpm_and_concurrency_get_429_with_retry_after(net: Net) -> None:
     statuses = [net.call(PHONE, "GET", "/v1/models") for _ in range(4)]  # alice: rpm 3
     assert [s for s, _, _ in statuses] == [200, 200, 200, 429]
     _, fields, text = statuses[-1]
-    assert fields["retry-after"] == "20" and json.loads(text) == {
-        "error": "over the requests per minute this client may make", "client": "alice", "reason": "rpm", "status": 429}
+    assert fields["retry-after"] == "61" and json.loads(text) == {  # a bound that holds: request.py's _rpm_comment
+        "error": {"code": "rpm", "type": "rate_limit_error", "param": None,
+                  "message": "over the requests per minute this client may make (reason: rpm, client: alice)"},
+        "client": "alice", "reason": "rpm", "status": 429}
     stream: dict[str, int] = {}
     net.stack.hold()  # ci: concurrency 1, and this stream stays in flight until released
     slow = threading.Thread(target=lambda: stream.update(status=net.call(CI, "POST", "/v1/chat/completions",

@@ -151,8 +151,9 @@ def test_a_full_queue_gets_503_with_retry_after(make_stack) -> None:
     wait_for(lambda: queued(stack) == 2, what="two waiting")
     full = httpx.post(stack.url("/v1/chat/completions"), json=tagged("no-room"), timeout=30)
     assert full.status_code == 503 and full.headers["retry-after"] == "5"
-    assert full.json() == {"error": "the queue for an engine slot is full (proxy.queue_max)", "client": "unknown",
-                           "reason": "queue_full", "queue": "generate", "depth": 2, "status": 503}
+    message = "the queue for an engine slot is full (proxy.queue_max) (reason: queue_full, client: unknown)"
+    assert full.json() == {"error": {"code": "queue_full", "type": "overloaded_error", "param": None, "message": message},
+                           "client": "unknown", "reason": "queue_full", "queue": "generate", "depth": 2, "status": 503}
     stack.release()
     finish(*threads)
     assert [status for _, status, _ in done] == [200] * 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ai_server.access import allowlist as allowlist_mod
 from ai_server.access import modelscan
@@ -66,8 +66,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class Counts:
-    """What HAProxy's stick tables hold before this request: by tracking key, requests in the
-    last minute and requests in flight; by body class, bodies in flight."""
+    """What HAProxy's stick tables hold before this request: by tracking key, requests admitted
+    in the last minute (a refused one does not count) and requests in flight; by body class,
+    bodies in flight."""
     last_minute: Mapping[str, int] = field(default_factory=dict)
     in_flight: Mapping[str, int] = field(default_factory=dict)
     bodies: Mapping[str, int] = field(default_factory=dict)
@@ -78,7 +79,7 @@ class Outcome:
     status: int
     reason: str = ""
     client: str = UNKNOWN
-    track: str | None = None                 # the stick-table key it was counted under, if it got that far
+    track: str | None = None                 # the stick-table key whose rpm it counts toward: admitted ones only
     model: str | None = None
 
 
@@ -190,7 +191,15 @@ def _model(request: Request, allow: Allowlist, limits: Limits) -> tuple[str, str
 
 def evaluate(request: Request, tailnet: Detection, clients: Clients, allow: Allowlist,
              limits: Limits = Limits(), counts: Counts = Counts()) -> Outcome:
-    """decide(), with what it found on the way (who, the tracking key, the model)."""
+    """decide(), with what it found on the way (who, the tracking key, the model). Only an
+    admitted request counts toward its client's rpm (haproxy/request.py), so only its Outcome
+    has a tracking key."""
+    outcome = _evaluate(request, tailnet, clients, allow, limits, counts)
+    return replace(outcome, track=None) if outcome.status else outcome
+
+
+def _evaluate(request: Request, tailnet: Detection, clients: Clients, allow: Allowlist,
+              limits: Limits, counts: Counts) -> Outcome:
     early = _framing(request, limits)
     if early:
         return Outcome(*early)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ai_server.access.clients import FRONT
 from ai_server.config import LOCAL_NODE
 from ai_server.haproxy import maps, names
-from ai_server.haproxy.answers import refusal
+from ai_server.haproxy.answers import refusal, shape_rules
 from ai_server.haproxy.request import NAME_PATTERN
 from ai_server.haproxy.spec import RenderInput
 
@@ -147,6 +147,7 @@ def local_frontend(spec: RenderInput, routing: list[str]) -> list[str]:
         "    # here it waits for the engine like any local request.",
         f"    bind unix@{LOCAL_SOCKET} mode 600",
         "    no log",
+        *shape_rules(),
         "    http-request set-var(txn.client) req.fhdr(x-ai-server-client) "
         f"if {{ req.fhdr(x-ai-server-client) -m reg {NAME_PATTERN} }}",
         "    http-request set-var(txn.priority) req.hdr(x-ai-server-class)",

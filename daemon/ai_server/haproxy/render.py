@@ -283,9 +283,9 @@ def _engine_backends(spec: RenderInput) -> list[str]:
 def _tables() -> list[str]:
     return [
         "backend clients",
-        "    # Per client (an unknown device by its address): requests in the last minute (rpm) and",
-        "    # streams tracking it (in flight).",
-        "    stick-table type string len 64 size 10k expire 10m store http_req_rate(60s)",
+        "    # Per client (an unknown device by its address): requests in the last minute, admitted",
+        "    # ones (gpc 0, twice each: request.py's rpm) and all, and streams tracking it (in flight).",
+        "    stick-table type string len 64 size 10k expire 10m store http_req_rate(60s),gpc_rate(1,60s)",
         "",
         "backend classes",
         "    # Per priority class: generation requests queued or running.",

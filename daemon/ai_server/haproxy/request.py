@@ -18,7 +18,7 @@ from __future__ import annotations
 from ai_server.access import policy
 from ai_server.access.allowlist import METHODS
 from ai_server.haproxy import maps
-from ai_server.haproxy.answers import refusal
+from ai_server.haproxy.answers import refusal, shape_rules
 from ai_server.haproxy.spec import RenderInput, ms
 
 TAILNET_RANGES = "100.64.0.0/10 fd7a:115c:a1e0::/48"
@@ -36,14 +36,16 @@ DROPPED_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override
                    "X-Ai-Server-Class", "X-Ai-Server-Client")
 # Retry-After for "not yet": the tailnet is read again every 5 s; a body slot turns over fast.
 RETRY_S = 5
+# Retry-After over rpm: a bound that is true, not a guess (see _limits).
+RPM_RETRY_S = 61
 NOT_KNOWN = "who is calling is not known yet (tailscale status)"
 NO_MODEL = "this client may only use some models, and the request names none it can be judged by"
 _CONTROL = "'[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]'"
 
 
 def rules(spec: RenderInput) -> list[str]:
-    return [*_request_line(spec), *_host(spec), *_framing(spec), *_identity(spec), *_allowlist(spec),
-            *_limits(spec), *_body(spec), *_model(spec), *_headers()]
+    return [*shape_rules(), *_request_line(spec), *_host(spec), *_framing(spec), *_identity(spec),
+            *_allowlist(spec), *_limits(spec), *_body(spec), *_model(spec), *_headers(), *_admitted()]
 
 
 def _request_line(spec: RenderInput) -> list[str]:
@@ -176,25 +178,57 @@ def _allowlist(spec: RenderInput) -> list[str]:
 
 def _limits(spec: RenderInput) -> list[str]:
     routes = maps.CLIENT_ROUTES
-    retry = (("Retry-After", "%[var(txn.pol),field(4,/)]"),)
+    rpm = refusal(429, "rpm", "over the requests per minute this client may make",
+                  headers=(("Retry-After", str(RPM_RETRY_S)),))
     return [
         "    # The client's own policy, within the allowlist: its paths, then how many requests it",
         "    # made in the last minute and has in flight (table clients; an unknown device counts",
-        "    # on its own, by its address). A refused request counts too.",
+        "    # on its own, by its address).",
         f"    http-request {refusal(403, 'path', 'this path is not allowed for this client')} "
         f"if {{ var(txn.flags) -m sub p }} !{{ var(txn.pol),field(1,/),concat(@,txn.route),map_reg({routes}) -m found }}",
         "    http-request set-var(txn.track) var(txn.client)",
         "    http-request set-var(txn.src) src if { var(txn.client) -m str unknown }",
         "    http-request set-var(txn.track) str(unknown@),concat(,txn.src,) if { var(txn.client) -m str unknown }",
         "    http-request track-sc0 var(txn.track) table clients",
+        *_rpm_comment(),
         "    http-request set-var(txn.rpm) var(txn.pol),field(3,/)",
-        f"    http-request {refusal(429, 'rpm', 'over the requests per minute this client may make', headers=retry)} "
-        "if { var(txn.rpm) -m int gt 0 } { sc_http_req_rate(0),sub(txn.rpm) -m int gt 0 }",
+        f"    http-request {rpm} "
+        "if { var(txn.rpm) -m int gt 0 } { sc_gpc_rate(0,0),div(2),sub(txn.rpm) -m int ge 0 }",
         "    http-request set-var(txn.concurrency) var(txn.pol),field(5,/)",
         f"    http-request {refusal(429, 'concurrency', 'this client has as many requests in flight as it may', headers=(('Retry-After', '1'),))} "
         "if { var(txn.concurrency) -m int gt 0 } { sc0_trackers,sub(txn.concurrency) -m int gt 0 }",
         "    http-request set-var(txn.priority) var(txn.pol),field(6,/)",
         "",
+    ]
+
+
+def _rpm_comment() -> list[str]:
+    # The arithmetic, so that the Retry-After can be checked against HAProxy's source
+    # (src/freq_ctr.c, the same in 2.6 and 3.x): a rate over P = 60 s is read as
+    #     floor((prev * remain + curr * P) / P)
+    # where curr counts the current period [T, T+P), prev the one before, remain = T+P-now;
+    # and as prev itself when curr = 0 and prev <= 1 (its "flapping correction"). Periods
+    # follow each other (T += P), counting only admitted requests, each twice (2 per request:
+    # so prev is never 1 and the correction never holds a client a second period). A request
+    # is refused when the rate >= 2 * rpm, so curr <= 2 * rpm. Refused at t in [T, T+P) and
+    # back at t' >= t + 61 s > T + P with nothing admitted meanwhile: t' is in the next period
+    # (or later: rate 0), where curr = 0, prev <= 2 * rpm and remain = T + 2P - t' < P, so the
+    # rate is floor(prev * remain / P) < 2 * rpm: served. Hence Retry-After: 61 for any rpm
+    # (60 would fail when refused in a period's first millisecond); the openai SDK honours
+    # up to 120.
+    return [
+        "    # rpm counts only admitted requests (sc-inc-gpc at the end, twice: see request.py's",
+        "    # _rpm_comment for the arithmetic), so a refused request costs the client nothing, and",
+        f"    # a client that waits the Retry-After it is given ({RPM_RETRY_S} s) is served.",
+    ]
+
+
+def _admitted() -> list[str]:
+    return [
+        "",
+        "    # Admitted by every rule above: count it toward the client's rpm (twice, see _limits).",
+        "    http-request sc-inc-gpc(0,0) if { var(txn.rpm) -m int gt 0 }",
+        "    http-request sc-inc-gpc(0,0) if { var(txn.rpm) -m int gt 0 }",
     ]
 
 
