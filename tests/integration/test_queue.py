@@ -19,7 +19,7 @@ from harness import Stack, finish, wait_for
 
 TOKENS = {name: "ais_" + name[0] * 43 for name in ("inter", "norm", "bat")}
 CLIENTS = "\n".join(f'[[client]]\nname = "{name}"\ntoken_sha256 = "{clients.token_hash(token)}"\npriority = "{priority}"\n'
-                    for (name, token), priority in zip(TOKENS.items(), ("interactive", "normal", "batch")))
+                    for (name, token), priority in zip(TOKENS.items(), ("interactive", "normal", "batch"), strict=True))
 STREAM = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -104,7 +104,7 @@ def test_queued_requests_are_served_interactive_then_normal_then_batch(make_stac
     stack.wait_held(1)
     for number, who in enumerate(("bat", "bat", "norm", "inter", "norm", "inter")):
         threads.append(generate(stack, who, done, tagged(f"{who}-{number}")))
-        wait_for(lambda: queued(stack) == number + 1, what=f"{number + 1} waiting")
+        wait_for(lambda n=number + 1: queued(stack) == n, what=f"{number + 1} waiting")
     snapshot = load(stack)
     assert snapshot["queued"] == {"interactive": 2, "normal": 2, "batch": 2}
     assert snapshot["clients"] == {"inter": 2, "norm": 3, "bat": 2}

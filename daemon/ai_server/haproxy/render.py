@@ -152,7 +152,8 @@ def _frontend(spec: RenderInput) -> list[str]:
         return lines + fronting.node_routing(spec)
     lines += _local_routing(spec)  # (a front routes to its own engine through its `local` frontend)
     # A front reads how many generations this node runs at once (its maxconn there).
-    lines.append(f"    http-response set-header {SLOTS_HEADER} {spec.config.engine.slots} if {{ var(txn.path) -m str /v1/models }}")
+    slots = spec.config.engine.slots
+    lines.append(f"    http-response set-header {SLOTS_HEADER} {slots} if {{ var(txn.path) -m str /v1/models }}")
     return lines
 
 
@@ -181,7 +182,8 @@ def _engine_models_answer(spec: RenderInput) -> list[str]:
         f"    # llama-server's /v1/models names this machine's files and ports: answered here from {maps.ENGINE_MODELS},",
         "    # the supervisor's clean copy of it; until it has one, 503 rather than the engine's.",
         f"    http-request return status 200 content-type application/json lf-string \"%[str(v1),map_str({models})]\" "
-        f"hdr {SLOTS_HEADER} {spec.config.engine.slots} if {{ path /v1/models }} METH_GET {{ str(v1),map_str({models}) -m found }}",
+        f"hdr {SLOTS_HEADER} {spec.config.engine.slots} if {{ path /v1/models }} METH_GET "
+        f"{{ str(v1),map_str({models}) -m found }}",
         f"    http-request {refusal(503, 'models', 'the engine model list is not read yet', headers=RETRY_1)} "
         "if { path /v1/models } METH_GET",
         "",
@@ -229,7 +231,8 @@ def _queue(spec: RenderInput) -> list[str]:
         f"    http-request set-var(txn.generation) bool(1) if {{ path {GENERATION_PATHS} }}",
         "    acl generation var(txn.generation) -m bool",
         "    # Their place in the queue is their arrival time shifted by their client's priority:",
-        f"    # interactive {proxy.priority_window:g} s earlier, batch {proxy.priority_window:g} s later (proxy.priority_window).",
+        f"    # interactive {proxy.priority_window:g} s earlier, batch {proxy.priority_window:g} s later "
+        "(proxy.priority_window).",
         "    # FIFO within a class; a batch request goes ahead of interactive ones that arrive more",
         f"    # than {2 * proxy.priority_window:g} s after it, so it never waits forever.",
         f"    http-request set-priority-offset int(-{window}) if generation {{ var(txn.priority) -m str interactive }}",

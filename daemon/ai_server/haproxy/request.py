@@ -180,6 +180,8 @@ def _limits(spec: RenderInput) -> list[str]:
     routes = maps.CLIENT_ROUTES
     rpm = refusal(429, "rpm", "over the requests per minute this client may make",
                   headers=(("Retry-After", str(RPM_RETRY_S)),))
+    busy = refusal(429, "concurrency", "this client has as many requests in flight as it may",
+                   headers=(("Retry-After", "1"),))
     return [
         "    # The client's own policy, within the allowlist: its paths, then how many requests it",
         "    # made in the last minute and has in flight (table clients; an unknown device counts",
@@ -195,7 +197,7 @@ def _limits(spec: RenderInput) -> list[str]:
         f"    http-request {rpm} "
         "if { var(txn.rpm) -m int gt 0 } { sc_gpc_rate(0,0),div(2),sub(txn.rpm) -m int ge 0 }",
         "    http-request set-var(txn.concurrency) var(txn.pol),field(5,/)",
-        f"    http-request {refusal(429, 'concurrency', 'this client has as many requests in flight as it may', headers=(('Retry-After', '1'),))} "
+        f"    http-request {busy} "
         "if { var(txn.concurrency) -m int gt 0 } { sc0_trackers,sub(txn.concurrency) -m int gt 0 }",
         "    http-request set-var(txn.priority) var(txn.pol),field(6,/)",
         "",
