@@ -257,44 +257,92 @@ def swap_case(stack: Stack, case: Case) -> tuple[clients.Clients, Detection]:
     return known, tailnet
 
 
+def judge(proxy: Stack, case: Case, batch: list[Request], limits: Limits, seen: set[tuple[int, str]]) -> None:
+    """Send `batch` as one caller's run under `case`; HAProxy must answer what policy.evaluate says."""
+    known, tailnet = swap_case(proxy, case)
+    counted: dict[str, int] = {}
+    for request in batch:
+        expected = policy.evaluate(request, tailnet, known, ALLOW, limits, Counts(last_minute=dict(counted)))
+        before = len(proxy.engine_requests())
+        status, answer = exchange(proxy, request)
+        reached = [r for r in proxy.engine_requests()[before:] if r["target"] != "/"]
+        where = (case.clients_text, request.method, request.target, request.source, request.headers[:4],
+                 request.body[:80], expected, status, answer)
+        if expected.status == 0:
+            assert [r["target"] for r in reached] == [request.target], where
+            assert not (answer and "reason" in answer and answer.get("status") == status), where
+        else:
+            assert (status, (answer or {}).get("reason")) == (expected.status, expected.reason), where
+            assert reached == [], where
+        if expected.track:
+            counted[expected.track] = counted.get(expected.track, 0) + 1
+        seen.add((expected.status, expected.reason))
+
+
+def directed(port: int) -> list[tuple[Case, list[Request]]]:
+    """One run that reaches each answer the proxy can give here, so that every run of the test
+    holds HAProxy to the model on all of them: which answers the generated cases reach depends
+    on the draw (the rarest, an rpm refusal, needs a limited client's burst)."""
+    peer = PEER_ADDRESSES[0]
+    status = {"BackendState": "Running", "TailscaleIPs": [LISTEN], "MagicDNSSuffix": SUFFIX,
+              "Self": {"DNSName": f"mymac.{SUFFIX}.", "TailscaleIPs": [LISTEN]},
+              "Peer": {"nodekey:0": {"ID": "n0aCNTRL", "HostName": "laptop", "DNSName": f"laptop.{SUFFIX}.",
+                                     "UserID": 1, "TailscaleIPs": [peer]}},
+              "User": {k: {"ID": int(k), "LoginName": v} for k, v in USERS.items()}}
+    text = ('[unknown]\npolicy = "deny"\n[[client]]\nname = "claptop"\ndevice = "laptop"\nrpm = 1\n'
+            'models = ["smollm2:*"]\npaths = ["/v1/models", "/v1/chat/completions"]\n')
+
+    def ask(method: str, target: str, *, source: str = peer, host: str = f"{LISTEN}:{port}",
+            extra: tuple[tuple[str, str], ...] = (), body: bytes = b"") -> Request:
+        headers = (("Host", host), *extra)
+        if method in ("POST", "PUT"):
+            headers += (("Content-Length", str(len(body))),)
+        return Request(method, target, (*headers, ("Connection", "close")), body, source, LISTEN)
+
+    chat = '{"model":"%s","messages":[{"role":"user","content":"hi"}]%s}'
+    # Refusals first: they do not count toward the rpm, the one admitted request does.
+    run = [ask("GET", "/v1/models", host="evil.example"),                                   # 421 host
+           ask("GET", "/v1/models", extra=(("X-Ai-Server-Client", "claptop"),)),           # 403 front
+           ask("GET", "/v1/models", extra=(("Authorization", "Bearer ais_short"),)),       # 401 token
+           ask("GET", "/v1/models", source=STRANGER),                                      # 403 unknown
+           ask("POST", "/api/pull", body=b'{"model":"x"}'),                                # 403 management
+           ask("GET", "/nowhere"),                                                         # 403 allowlist
+           ask("PUT", "/v1/models"),                                                       # 405 method
+           ask("GET", "/api/tags"),                                                        # 403 path
+           ask("POST", "/v1/chat/completions", body=(chat % ("qwen2.5-coder:32b", "")).encode()),  # 403 model
+           ask("POST", "/v1/chat/completions",
+               body=(chat % ("smollm2:135m", ',"model":"llama3"')).encode()),              # 400 model
+           ask("GET", "/v1/models"),                                                       # served
+           ask("GET", "/v1/models")]                                                       # 429 rpm
+    return [(Case(text, status, known=True), run),
+            (Case(text, status, known=False), [ask("GET", "/v1/models")])]              # 503 identity
+
+
 def test_haproxy_decides_what_policy_decide_decides(proxy: Stack) -> None:
     limits = Limits(max_body=MAX_BODY, body_memory=64 * MAX_BODY, ollama=True, fronts=frozenset({FRONT}),
                     hosts=frozenset(maps.host_forms((LISTEN, LOOPBACK), proxy.proxy_port, ("mymac.tail1234.ts.net", "mymac"))))
     ran: list[int] = []
-    seen: set[tuple[int, str]] = set()
+    generated: set[tuple[int, str]] = set()
 
     @settings(max_examples=500, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
     @given(case=cases(), data=st.data())
     def check(case: Case, data: st.DataObject) -> None:
-        known, tailnet = swap_case(proxy, case)
-        counted: dict[str, int] = {}
         # A few requests of all kinds, or one caller's burst (a client's rate).
         batch = st.one_of(st.lists(requests(proxy.proxy_port), min_size=1, max_size=6),
                           requests(proxy.proxy_port).map(lambda r: [r] * 4), requests(proxy.proxy_port).map(lambda r: [r] * 4))
-        for request in data.draw(batch):
-            expected = policy.evaluate(request, tailnet, known, ALLOW, limits, Counts(last_minute=dict(counted)))
-            before = len(proxy.engine_requests())
-            status, answer = exchange(proxy, request)
-            reached = [r for r in proxy.engine_requests()[before:] if r["target"] != "/"]
-            where = (case.clients_text, request.method, request.target, request.source, request.headers[:4],
-                     request.body[:80], expected, status, answer)
-            if expected.status == 0:
-                assert [r["target"] for r in reached] == [request.target], where
-                assert not (answer and "reason" in answer and answer.get("status") == status), where
-            else:
-                assert (status, (answer or {}).get("reason")) == (expected.status, expected.reason), where
-                assert reached == [], where
-            if expected.track:
-                counted[expected.track] = counted.get(expected.track, 0) + 1
-            seen.add((expected.status, expected.reason))
+        judge(proxy, case, data.draw(batch), limits, generated)
         ran.append(1)
 
     check()
     assert len(ran) >= 500
-    # The cases reached every answer the proxy can give here, so 500 of them mean something.
+    seen = set(generated)
+    for case, run in directed(proxy.proxy_port):
+        judge(proxy, case, run, limits, seen)
+    # Every answer the proxy can give here was held to the model.
     wanted = {(0, ""), (421, "host"), (403, "front"), (401, "token"), (403, "unknown"), (503, "identity"),
               (403, "management"), (403, "allowlist"), (405, "method"), (403, "path"), (429, "rpm"), (400, "model"),
               (403, "model")}
     assert wanted <= seen, wanted - seen
-    print(f"\n{len(ran)} generated cases against the running HAProxy; answers seen: {sorted(seen)}")
+    print(f"\n{len(ran)} generated cases against the running HAProxy; answers they reached: {sorted(generated)}; "
+          f"the directed run added {sorted(seen - generated)}")
