@@ -39,7 +39,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import Lan, Stack, dispose, lan_stack, wait_for  # noqa: E402
+from harness import Lan, Stack, dispose, lan_stack, netns_lock, wait_for  # noqa: E402
 
 MODEL = "qwen2.5-coder:7b"
 TOKEN_DELAY, TOKENS = 0.05, 20       # 1 s a generation, 2 slots a node: 2 generations/s a node
@@ -189,11 +189,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
+    with netns_lock():     # the fleets' 100.x addresses are the tests' too
+        return report(args.seconds)
+
+
+def report(seconds: float) -> int:
     clients = 4 * 2 * 3
-    rows = [throughput(count, args.seconds, clients) for count in (1, 2, 3)]
+    rows = [throughput(count, seconds, clients) for count in (1, 2, 3)]
     one = rows[0]["per_s"]
     print(f"stand-in nodes: 2 slots each, {TOKENS} tokens a generation at {1 / TOKEN_DELAY:g} tokens/s a slot "
-          f"(one generation: {TOKENS * TOKEN_DELAY:g} s); {clients} streaming clients in closed loops, {args.seconds:g} s\n")
+          f"(one generation: {TOKENS * TOKEN_DELAY:g} s); {clients} streaming clients in closed loops, {seconds:g} s\n")
     print("| nodes | generations | errors | generations/s | tokens/s | vs one node | served by each node |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

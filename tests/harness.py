@@ -355,19 +355,51 @@ def llama_model() -> str:
 # -- a tailnet in network namespaces (root only) -------------------------------------------
 
 HOST_ADDR, REMOTE_ADDR = "100.100.77.1", "100.100.77.2"
-# The fixed 100.x addresses below are shared by every test process on this machine (pytest-xdist
-# workers, two checkouts): one network fixture at a time, each holding this lock while it exists.
-NETNS_LOCK = Path("/tmp/ais-netns.lock")
+# The fixed 100.x addresses below are shared by every test process in this network namespace
+# (pytest-xdist workers, two checkouts, a CI run in its own /tmp): one network fixture at a time.
+# The lock is an abstract socket, so its scope is the network namespace itself (a file in /tmp is
+# not: a run with another /tmp went ahead and its routes clashed), and it is gone when its holder
+# dies, however it dies.
+NETNS_LOCK = "\0ai-server-tests-netns"
+NETNS_LOCK_WAIT = 900.0
+LEFTOVER = ("aisb", "aish", "aisv")     # root-namespace links: Lan bridges, Tailnet and Lan veths
 
 
 @contextlib.contextmanager
 def netns_lock() -> Iterator[None]:
-    with NETNS_LOCK.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + NETNS_LOCK_WAIT
+    while True:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            holder.bind(NETNS_LOCK)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                holder.close()
+                raise RuntimeError(f"another test run has held the network-test lock for {NETNS_LOCK_WAIT:.0f} s "
+                                   "(ss -xlp | grep ai-server-tests-netns names it)") from None
+            time.sleep(0.2)
+    try:
+        sweep_leftovers()
+        yield
+    finally:
+        holder.close()
+
+
+def sweep_leftovers() -> None:
+    """Whatever a run that died left behind: with the lock held, no live run owns anything named
+    ais*, and a stale bridge holding our addresses would take our routes."""
+    for ns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
+        name = ns.split(" ")[0]
+        if name.startswith("ais"):
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", name, check=False)
+    for line in sh("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(": ")[1].split("@")[0] if ": " in line else ""
+        if name.startswith(LEFTOVER):
+            sh("ip", "link", "del", name, check=False)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
