@@ -2,10 +2,11 @@
 """What request bodies cost HAProxy's memory: N connections at once, each sending the largest
 body proxy.max_body_mb allows, from a caller [unknown] denies and from one it allows; HAProxy's
 resident memory (every process of it, summed) before, at the peak, and once they have all
-left. Then the worst scan a client can cause: a body of tiny strings (each one a turn of the
-model check's loop), as large as allowed, its model key last.
+left. Then the worst scans a client can cause: a body of tiny strings (each one a turn of the
+model check's loop), and bodies that are one long string of escapes (a key, a prompt), as large
+as allowed, their model key last; and --escaped of those escaped keys at once.
 
-    .venv/bin/python bench/bodies.py [--connections 64] [--max-body-mb 64]
+    .venv/bin/python bench/bodies.py [--connections 64] [--max-body-mb 64] [--escaped 12]
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def tiny_strings(size: int, model: str = "smollm2:135m") -> bytes:
     head, tail = b'{"messages":[', ('{}],"model":"' + model + '"}').encode()
     count = (size - len(head) - len(tail)) // len(one)
     return head + one * count + tail
+
+
+def escaped_key(size: int, model: str = "smollm2:135m") -> bytes:
+    """One key of nothing but \\u0041 escapes: one token of the scan, all unescaping."""
+    tail = ('":1,"model":"' + model + '"}').encode()
+    return b'{"' + b"\\u0041" * ((size - 2 - len(tail)) // 6) + tail
+
+
+def escaped_prompt(size: int, model: str = "smollm2:135m") -> bytes:
+    """One prompt of nothing but escaped quotes."""
+    head, tail = b'{"messages":[{"role":"user","content":"', ('"}],"model":"' + model + '"}').encode()
+    return head + b'\\"' * ((size - len(head) - len(tail)) // 2) + tail
 
 
 def send(stack: Stack, body: bytes, results: list[tuple[int, float]], lock: threading.Lock) -> None:
@@ -106,6 +119,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--max-body-mb", type=int, default=64)
+    parser.add_argument("--escaped", type=int, default=12, help="escaped-key bodies at once")
     args = parser.parse_args()
     size = args.max_body_mb * 1024 * 1024
     big = body_of(size)
@@ -138,10 +152,15 @@ def main() -> int:
         stack.start()
         for what, body in (("tiny strings, allowed model", tiny_strings(size)),
                            ("tiny strings, forbidden model", tiny_strings(size, "qwen:7b")),
+                           ("one key of \\u0041 escapes", escaped_key(size)),
+                           ("one prompt of escaped quotes", escaped_prompt(size)),
                            ("one long prompt", big)):
             results: list[tuple[int, float]] = []
             send(stack, body, results, threading.Lock())
             print(f"| {what} ({len(body) / mib:.0f} MiB) | {results[0][0]} | {results[0][1]:.2f} |")
+        counts, peak, seconds = burst(stack, escaped_key(size), args.escaped)
+        answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+        print(f"\n{args.escaped} escaped-key bodies at once: {answers} in {seconds:.1f} s, HAProxy peak {peak / mib:.0f} MiB")
         reached = [r["body_len"] for r in stack.engine_requests() if r["target"] == "/v1/chat/completions"]
         print(f"\nbodies that reached the engine: {len(reached)} ({', '.join(f'{n / mib:.0f} MiB' for n in reached)})")
     finally:

@@ -90,14 +90,61 @@ def test_a_body_it_cannot_read_in_time_is_slow_never_passed() -> None:
     assert lua_judge([(CHAT, tiny)]) == [("ok", "x:latest")]
 
 
+def lua_allocates(body: bytes) -> float:
+    """KiB the check allocates judging `body` (the collector stopped, so nothing is freed)."""
+    script = (f"local M = dofile('{LUA_FILE}'); local body = io.read('a'); collectgarbage('stop'); "
+              "local before = collectgarbage('count'); "
+              "M.judge('/v1/chat/completions', body, {}, true, function() return false end); "
+              "io.write(collectgarbage('count') - before)")
+    return float(subprocess.run([str(LUA), "-e", script], input=body, capture_output=True, check=True, timeout=60).stdout)
+
+
+@needs_lua
+def test_one_long_string_of_escaped_quotes_asks_the_clock_too() -> None:
+    """A prompt that is one long run of escaped quotes is a single token: the scan asks the clock
+    within it (it read 32 MiB of them for 2 s, past its 1 s budget, until HAProxy cut it)."""
+    value = b'{"messages":[{"role":"user","content":"' + b'\\"' * 300_000 + b'"}],"model":"x"}'
+    backslashes = b'{"messages":[{"role":"user","content":"' + b"\\\\" * 300_000 + b'"}],"model":"x"}'
+    assert lua_judge([(CHAT, value), (CHAT, backslashes)], late=True) == [("slow", ""), ("slow", "")]
+    assert lua_judge([(CHAT, value), (CHAT, backslashes)]) == [("ok", "x:latest"), ("ok", "x:latest")]
+
+
+@needs_lua
+def test_a_long_escaped_key_or_value_costs_nothing_to_judge() -> None:
+    """A key or value too long to be a model key or name is never copied or unescaped: a 32 MiB
+    key of \\u0041 escapes took 4.8 s and 330 MiB of Lua memory to unescape, in every Lua
+    state at once, and HAProxy reached 3.3 GB with 12 such bodies."""
+    key = b'{"' + b"\\u0041" * 200_000 + b'":1,"model":"smollm2:135m"}'
+    value = b'{"model":"' + b"\\u0041" * 200_000 + b'"}'
+    assert lua_judge([(CHAT, key), (CHAT, value)]) == [("ok", "smollm2:135m"),
+                                                        ("bad", "not a model name (letters, digits, . _ : / -)")]
+    assert lua_allocates(key) < 64 and lua_allocates(value) < 64   # KiB: the verdict's own few strings
+
+
+@needs_lua
+def test_what_is_too_long_to_be_a_name_is_not_unescaped() -> None:
+    """A key can read "model" only within 30 bytes (\\u006d\\u006f\\u0064\\u0065\\u006c), a value
+    can be a name only within 6 × 256 bytes: longer ones are judged without being copied."""
+    escaped = b"".join(b"\\u%04x" % c for c in b"model")
+    name = b"".join(b"\\u%04x" % c for c in b"a" * 256)
+    cases = [(CHAT, b'{"' + escaped + b'":"x"}'), (CHAT, b'{"model":"' + name + b'"}'),
+             (CHAT, b'{"model":"' + name + b'a"}'), (CHAT, b'{"model":"' + b"\\u0041" * 5000 + b'"}')]
+    want = [("ok", "x:latest"), ("ok", "a" * 256 + ":latest"), ("bad", "not a model name (letters, digits, . _ : / -)"),
+            ("bad", "not a model name (letters, digits, . _ : / -)")]
+    assert lua_judge(cases) == want
+    assert [modelscan.judge(p, b, [], True) for p, b in cases] == [tuple(v or None for v in w) for w in want]
+
+
 # -- generated bodies ------------------------------------------------------------------------
 
 KEYS = [b'"model"', b'"MODEL"', b'"Model"', b'"mod\\u0065l"', b'"m\\u006fdel"', b'"name"', b'"NAME"', b'"nAmE"',
         b'"messages"', b'"stream"', b'"modeL"', b'"model "', b'"mode"', b'"models"', b'"\\u006dodel"', b'"model\\u0000"',
-        b'"mod\\el"', b'"n\\u0061me"', b'"options"']
+        b'"mod\\el"', b'"n\\u0061me"', b'"options"',
+        b'"\\u006d\\u006f\\u0064\\u0065\\u006c"', b'"\\u006d\\u006f\\u0064\\u0065\\u006c\\u0020"']
 NAMES = [b'"qwen2.5-coder:32b"', b'"QWEN2.5-CODER:32B"', b'"llama3"', b'"llama3:latest"', b'"smollm2:135m"',
          b'"hf.co/org/repo:Q4_K_M"', b'"a"', b'"A"', b'""', b'"a b"', b'"qw\\u0065n:7b"', b'"x\\"y"', b'"\\\\"',
-         b'"\\ud83d\\ude00"', b'"\\ud800"', b'"caf\xc3\xa9"', b'"\xff"', b'"l\\/m"', b'"\\u0041"']
+         b'"\\ud83d\\ude00"', b'"\\ud800"', b'"caf\xc3\xa9"', b'"\xff"', b'"l\\/m"', b'"\\u0041"',
+         b'"' + b"\\u0061" * 256 + b'"', b'"' + b"\\u0061" * 257 + b'"']
 SCALARS = [b"null", b"1", b"-2.5e3", b"true", b"false", b'"text with { and ] and \\" inside"', b'"\\n\\t"', b'"}"',
            b'"\\\\\\""', b'"model"', b"[]", b"{}"]
 SPACES = [b"", b" ", b"\n", b"\t", b"\r\n  "]

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 OK, TWO, BAD, SLOW = "ok", "two", "bad", "slow"
 _STRUCTURE = re.compile(rb'[{}\[\]"]')
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")
+# A key longer than this cannot read "model" or "name" (a letter is at most a 6-byte \uXXXX),
+# nor a longer value a model name (256 ASCII characters): neither is unescaped, as in the Lua.
+MAX_KEY, MAX_VALUE = 30, 6 * 256
 _HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]*")
 _NAME = re.compile(r"[a-z0-9._:/-]+")
@@ -95,7 +98,7 @@ def _value(body: bytes, colon: int) -> tuple[bytes | None, int | None, str | Non
         end = _string_end(body, v)
         if end is None:
             return None, None, "the request body is not valid JSON"
-        raw = body[v + 1:end]
+        raw = body[v + 1:end] if end - v - 1 <= MAX_VALUE else b""
         value = unescape(raw) if b"\\" in raw else raw
         if value is None:
             return None, None, "the model name has a malformed escape"
@@ -123,7 +126,7 @@ def body_models(body: bytes) -> tuple[list[bytes] | None, str | None]:
             if end is None:
                 return None, "the request body is not valid JSON"
             pos = end + 1
-            colon = _skip_ws(body, pos) if depth == 1 else None
+            colon = _skip_ws(body, pos) if depth == 1 and end - s - 1 <= MAX_KEY else None
             if colon is not None and body[colon] == 58:
                 key = body[s + 1:end]
                 if b"\\" in key:

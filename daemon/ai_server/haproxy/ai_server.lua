@@ -17,18 +17,32 @@ local function skip_ws(s, i)
 end
 
 -- The closing quote of the JSON string whose opening quote is at i: the next quote not
--- escaped by an odd run of backslashes. nil when the string never ends.
-local function string_end(s, i)
-  local j = i + 1
+-- escaped by an odd run of backslashes. nil when the string never ends, or nil, "slow" when
+-- `late()` (asked every 4096 quotes or backslashes) says the time is up: one string can be
+-- the whole body, all escaped quotes.
+local function string_end(s, i, late)
+  local j, turns = i + 1, 0
   while true do
     local q = find(s, '"', j, true)
     if not q then return nil end
     local k = q - 1
-    while byte(s, k) == 92 do k = k - 1 end
+    while byte(s, k) == 92 do
+      k = k - 1
+      turns = turns + 1
+      if turns % 4096 == 0 and late() then return nil, "slow" end
+    end
     if (q - 1 - k) % 2 == 0 then return q end
     j = q + 1
+    turns = turns + 1
+    if turns % 4096 == 0 and late() then return nil, "slow" end
   end
 end
+
+-- What is unescaped is short: a key longer than this cannot read "model" or "name" (each
+-- letter at most a 6-byte \uXXXX escape), nor a value longer than MAX_VALUE a model name
+-- (256 ASCII characters at most), so neither is copied or unescaped. Unescaping a 32 MiB key
+-- took seconds and hundreds of MiB here.
+local MAX_KEY, MAX_VALUE = 30, 6 * 256
 
 local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
 
@@ -82,10 +96,10 @@ function M.body_models(body, late)
     if tokens % 4096 == 0 and late() then return nil, "slow" end
     local c = byte(body, s)
     if c == 34 then
-      local e = string_end(body, s)
-      if not e then return nil, "the request body is not valid JSON" end
+      local e, slow = string_end(body, s, late)
+      if not e then return nil, slow or "the request body is not valid JSON" end
       pos = e + 1
-      if depth == 1 then
+      if depth == 1 and e - s - 1 <= MAX_KEY then
         local colon = skip_ws(body, pos)
         if colon and byte(body, colon) == 58 then
           local key = sub(body, s + 1, e - 1)
@@ -94,9 +108,10 @@ function M.body_models(body, late)
           if key == "model" or key == "name" then
             local v = skip_ws(body, colon + 1)
             if v and byte(body, v) == 34 then
-              local ve = string_end(body, v)
-              if not ve then return nil, "the request body is not valid JSON" end
-              local value = sub(body, v + 1, ve - 1)
+              local ve, vslow = string_end(body, v, late)
+              if not ve then return nil, vslow or "the request body is not valid JSON" end
+              -- Too long to be a name: kept as one that is none, so the body is refused.
+              local value = ve - v - 1 <= MAX_VALUE and sub(body, v + 1, ve - 1) or ""
               if find(value, "\\", 1, true) then value = M.unescape(value) end
               if not value then return nil, "the model name has a malformed escape" end
               found[#found + 1] = value

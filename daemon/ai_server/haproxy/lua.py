@@ -25,6 +25,15 @@ SCAN_BUDGET_MS = 1000
 # HAProxy's own limit on a Lua action's run time (sleeps not counted): past it the action is
 # cut, and the request, its verdict never set, refused.
 LUA_TIMEOUT_MS = 2000
+# Lua's memory, all threads together (tune.lua.maxmem): each body the model check reads is
+# copied into Lua once, so the buffered bodies' bound (proxy.body_memory_mb) plus room for
+# the small ones it does not count. Past it an allocation fails, the check with it, and the
+# request is refused (413): Lua's emergency collection runs first, so garbage never refuses.
+LUA_HEADROOM_MB = 64
+
+
+def maxmem_mb(body_memory_bytes: int) -> int:
+    return -(-body_memory_bytes // (1 << 20)) + LUA_HEADROOM_MB
 
 
 def source() -> str:

@@ -104,6 +104,8 @@ def _global(spec: RenderInput) -> list[str]:
             f"    set-var {SCAN_MS} int({lua.SCAN_BUDGET_MS})",
             f"    set-var {OLLAMA} int({int(ollama_names(spec.config))})",
             f"    tune.lua.session-timeout {lua.LUA_TIMEOUT_MS}ms",
+            "    # Lua's memory: a copy of each body being judged (proxy.body_memory_mb) and room.",
+            f"    tune.lua.maxmem {lua.maxmem_mb(proxy.body_memory_bytes)}",
             f"    lua-load-per-thread {LUA}",
         ]
     return lines
