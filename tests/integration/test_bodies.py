@@ -107,6 +107,18 @@ def test_a_body_is_judged_whole_or_not_at_all(make_stack: Any) -> None:
     assert [r["body_len"] for r in reached(stack)] == [MIB]
 
 
+def test_a_glob_for_one_models_tags_names_no_registry(make_stack: Any) -> None:
+    """`smollm2:*` let "smollm2:11434/library/llama3:8b" through (the glob's * crossed "/"):
+    to Ollama, llama3:8b from a registry at host smollm2, port 11434. (Fails on c142e4f: it
+    reaches the engine, whose 404 comes back.)"""
+    stack = start(make_stack, "", '[defaults]\nmodels = ["smollm2:*"]\n')
+    for model, want in (("smollm2:11434/library/llama3:8b", 403), ("smollm2:135m", 200)):
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        status, text = send(stack, head(stack, len(body)) + body)
+        assert status == want, (model, text[:300])
+    assert [json.loads(r["body"])["model"] for r in reached(stack)] == ["smollm2:135m"]
+
+
 def test_a_refused_caller_never_gets_its_body_buffered(make_stack: Any) -> None:
     """Identity, [unknown] deny, rpm and concurrency are decided on the headers: the answer
     comes before a byte of the body is sent. A denied device used to pin the proxy's memory

@@ -47,8 +47,9 @@ TOKENS = ["ais_" + c * 43 for c in "ABCD"]          # A-C may be clients' tokens
 LABELS = ["laptop", "ci-box", "phone", "bobs-pc", "studio", "x1"]
 USERS = {"1": "alice@example.com", "2": "bob@example.com", "3": "carol@example.com"}
 TAGS = ["tag:ci", "tag:dev"]
-MODELS = ["smollm2:135m", "SmolLM2:135M", "qwen2.5-coder:32b", "llama3", "hf.co/org/repo:Q4", "a-b_c.d:1", "x"]
-GLOBS = ["*", "smollm2:*", "qwen2.5-coder:*", "llama3", "hf.co/*", "?-b_c.d:1", "X", "a-b_c.d:*"]
+MODELS = ["smollm2:135m", "SmolLM2:135M", "qwen2.5-coder:32b", "llama3", "hf.co/org/repo:Q4", "a-b_c.d:1", "x",
+          "smollm2:11434/library/llama3:8b"]
+GLOBS = ["*", "smollm2:*", "qwen2.5-coder:*", "llama3", "hf.co/*", "hf.co/**", "?-b_c.d:1", "X", "a-b_c.d:*"]
 NAME_CHARS = "aAzZ09-_"
 
 

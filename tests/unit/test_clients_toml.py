@@ -117,6 +117,19 @@ def test_model_globs() -> None:
     assert clients.model_allowed(clients.Policy(), "anything at all", True)
 
 
+def test_a_glob_stays_within_one_part_of_a_name() -> None:
+    """`smollm2:*` matched "smollm2:11434/library/llama3:8b" (fnmatch's * crosses "/"), which
+    Ollama reads as llama3:8b from a registry at host smollm2: a glob for one model's tags gave
+    any model of any registry. The proxy's regex is the same text (maps.py)."""
+    tags = clients.Policy(models=("smollm2:*",))
+    assert clients.model_allowed(tags, "smollm2:135m", True)
+    assert not clients.model_allowed(tags, "smollm2:11434/library/llama3:8b", True)
+    assert not clients.model_allowed(clients.Policy(models=("hf.co/*",)), "hf.co/org/repo:q4", True)
+    assert clients.model_allowed(clients.Policy(models=("hf.co/**",)), "hf.co/org/repo:q4", True)
+    assert not clients.model_allowed(clients.Policy(models=("smollm2:13?m",)), "smollm2:13/m", True)
+    assert clients.glob_regex("a.b:*") == "a[.]b:[^/]*" and clients.glob_regex("hf.co/**") == "hf[.]co/.*"
+
+
 def test_tailscale_status_shapes() -> None:
     status = parse("""{"BackendState": "Running", "TailscaleIPs": ["100.64.0.1", "fd7a:115c:a1e0::1"],
       "Self": {"DNSName": "MyMac.tail1234.ts.net.", "HostName": "My Mac", "TailscaleIPs": ["100.64.0.1"]},

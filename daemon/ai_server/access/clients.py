@@ -15,7 +15,6 @@ client name table.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import re
 import secrets
@@ -46,7 +45,7 @@ RESERVED = (UNKNOWN, FRONT)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 TOKEN_PREFIX = "ais_"
 TOKEN = re.compile(r"ais_[A-Za-z0-9_-]{43}")
-# A model glob: model-name characters and * ? as wildcards.
+# A model glob: model-name characters and * ? as wildcards (within one part of a name; ** across "/").
 GLOB = re.compile(r"[A-Za-z0-9._:/*?-]{1,256}")
 _NODE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _USER = re.compile(r"[^\s\x00-\x1f\x7f]{1,320}")
@@ -156,12 +155,30 @@ def normalize_glob(glob: str, ollama: bool) -> str:
     return glob
 
 
+def glob_regex(glob: str) -> str:
+    """A model glob as a regex over lower-cased names, the same text for Python's re and for
+    HAProxy's map_reg: `*` and `?` stay within one part of a name, `**` crosses "/". So
+    "smollm2:*" is smollm2's tags, never "smollm2:11434/library/llama3:8b", which Ollama reads
+    as llama3:8b from a registry at host smollm2, port 11434. Every other glob character is a
+    literal in both but ".", written [.]."""
+    out, i = [], 0
+    glob = glob.lower()
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append({"*": "[^/]*", "?": "[^/]", ".": "[.]"}.get(glob[i], glob[i]))
+        i += 1
+    return "".join(out)
+
+
 def model_allowed(policy: Policy, model: str, ollama: bool) -> bool:
     """The Python model of the proxy's model check."""
     if policy.any_model:
         return True
     name = normalize_model(model, ollama)
-    return name is not None and any(fnmatch.fnmatchcase(name, normalize_glob(g, ollama)) for g in policy.models)
+    return name is not None and any(re.fullmatch(glob_regex(normalize_glob(g, ollama)), name) for g in policy.models)
 
 
 # -- parsing -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ai_server.access.allowlist import METHODS, MODEL_PLACEHOLDER, Allowlist, path_regex
-from ai_server.access.clients import FRONT, UNKNOWN, Clients, Policy, normalize_glob
+from ai_server.access.clients import FRONT, UNKNOWN, Clients, Policy, glob_regex, normalize_glob
 from ai_server.access.tailscale import Peer
 
 ALLOW_PATHS = "allow-paths.map"
@@ -118,15 +118,6 @@ def model_paths_map(allowlist: Allowlist) -> MapFile:
     pairs = [rule.path.partition(MODEL_PLACEHOLDER) for rule in allowlist.rules if MODEL_PLACEHOLDER in rule.path]
     value = ",".join(f"{before}|{after}" for before, _, after in pairs) or "-"
     return make(MODEL_PATHS, "{model} rules as prefix|suffix, for the Lua", [("rules", value)])
-
-
-def glob_regex(glob: str) -> str:
-    """A model glob (model-name characters, * and ?) as an ERE over lower-cased names. Every
-    character of a glob is a literal in ERE but . (written [.]) and the two wildcards."""
-    out = []
-    for ch in glob.lower():
-        out.append({"*": ".*", "?": ".", ".": "[.]"}.get(ch, ch))
-    return "".join(out)
 
 
 def client_ids(clients: Clients) -> dict[str, str]:
