@@ -415,6 +415,25 @@ def test_a_failing_tailscale_cli_keeps_the_last_peer_map(make_net: Any, mode: st
     wait_for(lambda: net.stack.status()["proxy"]["tailnet"]["stale_since"] is None, interval=0.2, what="fresh again")
 
 
+def test_an_emptied_peer_map_never_widens_access(make_net: Any) -> None:
+    """A CLI that answers "Running" with no peers (valid JSON, nothing in it) made every
+    device "unknown": the laptop, limited to smollm2, got [defaults] and any model. Tailscale
+    carries packets only from nodes in this machine's map, so a caller the map does not show
+    is not known: 503 + Retry-After, as with no map at all; a peer no entry names is still
+    [unknown]. (Fails on 1970274: the laptop's qwen request reaches the engine.)"""
+    net = make_net(WIDE, listen="explicit")
+    assert net.call(LAPTOP, "POST", "/v1/chat/completions", FORBIDDEN)[0] == 403
+    set_tailscale(net.state, [HOST_ADDR], peers=[p for p in PEERS if p["TailscaleIPs"] == [STRANGER]])
+    wait_for(lambda: net.stack.status()["proxy"]["tailnet"]["peers"] == 1, interval=0.2, what="the emptied map read")
+    status, fields, text = net.call(LAPTOP, "POST", "/v1/chat/completions", FORBIDDEN)
+    assert status == 503 and fields["retry-after"] == "5" and json.loads(text)["reason"] == "identity", text
+    assert net.call(STRANGER, "GET", "/v1/models")[0] == 200   # bob: in the map, no entry: [unknown] allow
+    assert net.engine_saw_no(FORBIDDEN["model"])
+    set_tailscale(net.state, [HOST_ADDR], peers=PEERS)
+    wait_for(lambda: net.call(LAPTOP, "POST", "/v1/chat/completions", CHAT)[0] == 200, interval=0.2,
+             what="the laptop known again")
+
+
 def test_with_no_peer_map_yet_a_tailnet_caller_without_a_token_waits(make_net: Any) -> None:
     """The CLI failing from the start: nobody on the tailnet can be told apart, so a caller
     without a token gets 503 and Retry-After ("who is calling is not known yet"), never

@@ -70,6 +70,22 @@ def test_no_peer_map_yet_is_503_not_unknown() -> None:
     assert decide(chat("qwen:7b"), blind, Clients(), ALLOW, LIMITS) == (0, "")
 
 
+def test_a_caller_the_peer_map_does_not_show_is_not_known_never_unknown() -> None:
+    """A peer map the CLI gave that is empty (or stale) made every device "unknown": with
+    [unknown] allow, the laptop limited to smollm2 got [defaults], any model. Tailscale carries
+    packets only from nodes in this machine's map, so an address it does not show is a view
+    that lost it: 503, as with no map at all. A peer no entry names is still unknown, and this
+    machine's own address too. (Fails on 1970274: (0, "") for the emptied map.)"""
+    known = clients.parse(TEXT.replace('policy = "deny"', 'policy = "allow"'))
+    emptied = Detection(("100.64.0.1",), peers=(), peers_known=True)
+    assert decide(chat("qwen:7b"), emptied, known, ALLOW, LIMITS) == (503, "identity")
+    assert decide(chat("qwen:7b", source="100.64.0.3"), NET, known, ALLOW, LIMITS) == (0, "")   # bob: unknown
+    assert decide(chat("qwen:7b", source="100.64.0.1"), emptied, known, ALLOW, LIMITS) == (0, "")  # itself
+    assert decide(chat("qwen:7b", source="100.64.0.77"), NET, known, ALLOW, LIMITS) == (503, "identity")
+    # Nothing depends on peers: an address the map does not show is just unknown.
+    assert decide(chat("qwen:7b"), emptied, Clients(), ALLOW, LIMITS) == (0, "")
+
+
 def test_a_front_is_believed_on_a_tailnet_listener_only_and_an_unknown_name_is_unknown() -> None:
     known = clients.parse(TEXT)
     limits = Limits(hosts=LIMITS.hosts, fronts=frozenset({"100.64.0.9", "127.0.0.1"}))
@@ -137,6 +153,8 @@ def test_names_that_are_not_plain_are_refused_at_load(bad: str) -> None:
 
 def test_records_say_who_is_not_known_yet() -> None:
     peer_based = clients.parse(TEXT)
-    assert dict(maps.client_maps(peer_based, ALLOW, (), True, peers_known=False)[2].entries)["unknown"].split("/")[1] == "dw"
+    assert dict(maps.client_maps(peer_based, ALLOW, (), True, peers_known=False)[2].entries)["unknown"].split("/")[1] == "dwv"
+    assert dict(maps.client_maps(peer_based, ALLOW, (), True)[2].entries)["unknown"].split("/")[1] == "dv"
     tokens_only = clients.parse('[[client]]\nname = "s"\ntoken_sha256 = "' + "0" * 64 + '"\n')
-    assert "w" not in dict(maps.client_maps(tokens_only, ALLOW, (), True, peers_known=False)[2].entries)["unknown"]
+    flags = dict(maps.client_maps(tokens_only, ALLOW, (), True, peers_known=False)[2].entries)["unknown"].split("/")[1]
+    assert "w" not in flags and "v" not in flags

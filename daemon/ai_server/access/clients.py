@@ -131,6 +131,17 @@ class Clients:
                     table.setdefault(address, name)
         return table
 
+    def peer_map(self, peers: Iterable[Peer], own: Iterable[str] = ()) -> dict[str, str]:
+        """Every address the tailnet view knows -> its client, or "unknown" for a peer no
+        [[client]] names and for this machine's own addresses. Tailscale carries packets only
+        from nodes in this machine's map, so a caller at an address not in it is one the view
+        does not show (a stale map, an emptied one): who calls is not known, never "unknown"."""
+        peers = tuple(peers)
+        table = self.peer_table(peers)
+        for address in [a for p in peers for a in p.addresses] + list(own):
+            table.setdefault(address, UNKNOWN)
+        return table
+
     def tokens(self) -> dict[str, str]:
         return {c.value: c.name for c in self.clients if c.kind == "token_sha256"}
 

@@ -157,11 +157,15 @@ def identify(request: Request, tailnet: Detection, clients: Clients, limits: Lim
         return UNKNOWN, (401, "token")
     if key is not None and key != token:
         return UNKNOWN, (401, "token")
+    unseen = False
     if client is None and on_tailnet:
-        client = clients.peer_table(tailnet.peers).get(request.source)
+        client = clients.peer_map(tailnet.peers, tailnet.addresses).get(request.source)
+        unseen = client is None
     if client not in {c.name for c in clients.clients} | {FRONT}:
         client = UNKNOWN
     if client == UNKNOWN and on_tailnet and not (tailnet.peers_known or not clients.uses_peers):
+        return UNKNOWN, (503, "identity")
+    if unseen and clients.uses_peers:   # not a peer the map shows: it may be one an entry names
         return UNKNOWN, (503, "identity")
     if client == UNKNOWN and not clients.unknown_allowed:
         return UNKNOWN, (403, "unknown")

@@ -142,7 +142,8 @@ def record(ident: str, policy: Policy, flags: str) -> str:
 def client_records(clients: Clients, peers_known: bool) -> dict[str, str]:
     """name -> record, for every client, unknown and front. Flags: p paths restricted, m models
     restricted, d denied ([unknown] deny), w who is calling cannot be known yet (no peer map
-    was ever read, and clients.toml names devices, users or tags)."""
+    was ever read, and clients.toml names devices, users or tags), v a tailnet caller the peer
+    map does not show cannot be told (clients.toml names devices, users or tags)."""
     ids = client_ids(clients)
 
     def letters(policy: Policy) -> str:
@@ -151,13 +152,14 @@ def client_records(clients: Clients, peers_known: bool) -> dict[str, str]:
     records = {c.name: record(ids[c.name], c.policy, letters(c.policy)) for c in clients.clients}
     unknown = letters(clients.defaults) + ("d" if not clients.unknown_allowed else "")
     unknown += "" if peers_known or not clients.uses_peers else "w"
+    unknown += "v" if clients.uses_peers else ""
     records[UNKNOWN] = record(ids[UNKNOWN], clients.defaults, unknown)
     records[FRONT] = record(ids[FRONT], Policy(), "")
     return records
 
 
 def client_maps(clients: Clients, allowlist: Allowlist, peers: Iterable[Peer], ollama: bool,
-                peers_known: bool = True) -> list[MapFile]:
+                peers_known: bool = True, own: Iterable[str] = ()) -> list[MapFile]:
     """clients.toml and the tailnet's peers, as the maps the proxy's identity and policy rules
     read: who a token or a peer address is (by name), each name's record, and the routes and
     models each client may use (by id)."""
@@ -173,9 +175,10 @@ def client_maps(clients: Clients, allowlist: Allowlist, peers: Iterable[Peer], o
               for name, policy in named if not policy.any_model for glob in policy.models]
     return [
         make(TOKENS, "SHA-256 of a token -> client", clients.tokens().items()),
-        make(PEERS, "tailnet peer address -> client", clients.peer_table(peers).items()),
+        make(PEERS, "tailnet address -> client, or unknown (a peer no entry names, this machine)",
+             clients.peer_map(peers, own).items()),
         make(CLIENTS, "client -> id/flags/rpm/retry/concurrency/priority (flags: p paths, m models, "
-                      "d denied, w not known yet)", client_records(clients, peers_known).items()),
+                      "d denied, w not known yet, v unseen callers not known)", client_records(clients, peers_known).items()),
         make(CLIENT_ROUTES, "id@METHOD@path regexes a client may use", routes),
         make(CLIENT_MODELS, "id@model-glob regexes a client may use", models),
     ]
@@ -198,5 +201,6 @@ def every_map(allowlist: Allowlist, addresses: Iterable[str], port: int, names: 
     """Every map haproxy.cfg reads but the node maps (node_maps: a front's, built by its
     Fleet), in the order they are swapped in: the allowlist's routes before its paths, then
     Host names, then who may use what."""
+    addresses = tuple(addresses)
     return [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
-            *client_maps(clients, allowlist, peers, ollama, peers_known), fronts_map(fronts)]
+            *client_maps(clients, allowlist, peers, ollama, peers_known, addresses), fronts_map(fronts)]

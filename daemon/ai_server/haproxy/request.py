@@ -132,6 +132,9 @@ def _identity(spec: RenderInput) -> list[str]:
         "    # A peer address counts only on a tailnet listener. A name this server's clients.toml",
         f"    # does not know is \"unknown\". {maps.CLIENTS}: name -> id/flags/rpm/retry/concurrency/priority.",
         f"    http-request set-var(txn.client) src,map_ip({peers}) if !{{ var(txn.client) -m found }} on_tailnet",
+        "    # Tailscale carries packets only from nodes in this machine's map: a caller the map",
+        "    # does not show is one the view has lost (stale, emptied), not a stranger.",
+        "    http-request set-var(txn.unseen) bool(1) if !{ var(txn.client) -m found } on_tailnet",
         f"    http-request set-var(txn.pol) var(txn.client),map_str({clients}) if {{ var(txn.client) -m found }}",
         "    http-request set-var(txn.client) str(unknown) if !{ var(txn.pol) -m found }",
         f"    http-request set-var(txn.pol) str(unknown),map_str({clients}) if !{{ var(txn.pol) -m found }}",
@@ -140,6 +143,8 @@ def _identity(spec: RenderInput) -> list[str]:
         "    # names devices: who is calling is not known, and guessing \"unknown\" could widen access.",
         f"    http-request {refusal(503, 'identity', NOT_KNOWN, headers=(('Retry-After', str(RETRY_S)),))} "
         "if { var(txn.flags) -m sub w } on_tailnet",
+        f"    http-request {refusal(503, 'identity', NOT_KNOWN, headers=(('Retry-After', str(RETRY_S)),))} "
+        "if { var(txn.flags) -m sub v } { var(txn.unseen) -m bool }",
         f"    http-request {refusal(403, 'unknown', 'this device is not a client ([unknown] policy = deny)')} "
         "if { var(txn.flags) -m sub d }",
         "",
