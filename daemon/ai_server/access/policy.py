@@ -163,9 +163,9 @@ def identify(request: Request, tailnet: Detection, clients: Clients, limits: Lim
         unseen = client is None
     if client not in {c.name for c in clients.clients} | {FRONT}:
         client = UNKNOWN
-    if client == UNKNOWN and on_tailnet and not (tailnet.peers_known or not clients.uses_peers):
-        return UNKNOWN, (503, "identity")
-    if unseen and clients.uses_peers:   # not a peer the map shows: it may be one an entry names
+    # No peer map yet, or a caller the map does not show (it may be one an entry names).
+    blind = client == UNKNOWN and on_tailnet and not tailnet.peers_known
+    if clients.uses_peers and (blind or unseen):
         return UNKNOWN, (503, "identity")
     if client == UNKNOWN and not clients.unknown_allowed:
         return UNKNOWN, (403, "unknown")

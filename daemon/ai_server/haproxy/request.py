@@ -139,12 +139,11 @@ def _identity(spec: RenderInput) -> list[str]:
         "    http-request set-var(txn.client) str(unknown) if !{ var(txn.pol) -m found }",
         f"    http-request set-var(txn.pol) str(unknown),map_str({clients}) if !{{ var(txn.pol) -m found }}",
         "    http-request set-var(txn.flags) var(txn.pol),field(2,/)",
-        "    # No peer map read yet (the tailscale CLI failing since start) while clients.toml",
-        "    # names devices: who is calling is not known, and guessing \"unknown\" could widen access.",
+        "    # No peer map read yet (the tailscale CLI failing since start), or a caller the map",
+        "    # does not show, while clients.toml names devices: who is calling is not known, and",
+        "    # guessing \"unknown\" could widen access.",
         f"    http-request {refusal(503, 'identity', NOT_KNOWN, headers=(('Retry-After', str(RETRY_S)),))} "
-        "if { var(txn.flags) -m sub w } on_tailnet",
-        f"    http-request {refusal(503, 'identity', NOT_KNOWN, headers=(('Retry-After', str(RETRY_S)),))} "
-        "if { var(txn.flags) -m sub v } { var(txn.unseen) -m bool }",
+        "if { var(txn.flags) -m sub w } on_tailnet or { var(txn.flags) -m sub v } { var(txn.unseen) -m bool }",
         f"    http-request {refusal(403, 'unknown', 'this device is not a client ([unknown] policy = deny)')} "
         "if { var(txn.flags) -m sub d }",
         "",
