@@ -49,7 +49,7 @@ def run_once(seed: int) -> dict:
         stack.write_config(stack.default_config().replace("drain_timeout = 5", "drain_timeout = 3")
                            + '\n[warm]\nmodels = ["qwen2.5-coder:32b"]\n')
         streamed: dict = {}
-        worker = None
+        worker = command = None
         if scenario == "launch":
             stack.start(wait=False)
             wait_for(lambda: stack.log_file.exists() and stack.events("spawned"), what="first spawn")
@@ -60,22 +60,26 @@ def run_once(seed: int) -> dict:
                 worker.start()
                 wait_for(lambda: engine_started(stack), what="stream under way")
             if scenario == "restart":
-                threading.Thread(target=stack.cli, args=("restart", "ollama"), daemon=True).start()
+                command = threading.Thread(target=stack.cli, args=("restart", "ollama"), daemon=True)
             elif scenario == "engine-reload":
                 stack.write_config(stack.default_config().replace("drain_timeout = 5", "drain_timeout = 3").replace(
                     "[engine]\n", '[engine]\nenv = { OLLAMA_KEEP_ALIVE = "1h" }\n'))
             elif scenario == "warm":
-                threading.Thread(target=stack.cli, args=("warm", "qwen2.5-coder:32b", "smollm2:135m"), daemon=True).start()
+                command = threading.Thread(target=stack.cli, args=("warm", "qwen2.5-coder:32b", "smollm2:135m"), daemon=True)
             else:
                 (stack.config_dir / "allowlist.toml").write_text('[[allow]]\npath = "/api/tags"\nmethods = ["GET"]\n')
+            if command is not None:
+                command.start()
         time.sleep(rng.uniform(0.0, 1.2))  # the random point; what follows polls, never sleeps to sync
         family = stack.descendants()
         sent = time.monotonic()
         stack.proc.send_signal(signal.SIGTERM)
         stack.proc.wait(40)
         took = time.monotonic() - sent
-        if worker is not None:
-            finish(worker)
+        # The test's own `ai-server` command carries the stack's state dir, so it is in `family`:
+        # it must end once the supervisor is gone (it was counted as left running while it was
+        # still reading the closed control socket), and it must not hang.
+        finish(*(t for t in (worker, command) if t is not None))
         left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         return {"scenario": scenario, "took": took, "code": stack.proc.returncode, "left": left,
                 "late_starts": starts_after_shutdown(stack), "streamed": streamed,
