@@ -15,9 +15,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Stack, Tailnet, dispose, netns_lock, new_stack  # noqa: E402
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the end of each of its stacks' logs: the events that explain a
+    failure seen once in a full run are gone with the stack's folder otherwise."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for stack in getattr(item, "ai_server_stacks", []):
+            report.sections.append((f"ai-server log of {stack.root.name} (last {LOG_TAIL} lines)", stack.log_tail(LOG_TAIL)))
+
+
+LOG_TAIL = 60
+
+
 @pytest.fixture
-def make_stack() -> Any:
+def make_stack(request: pytest.FixtureRequest) -> Any:
     stacks: list[Stack] = []
+    request.node.ai_server_stacks = stacks
 
     def make(engine_env: dict[str, str] | None = None, config: str | None = None) -> Stack:
         stack = new_stack(engine_env, config)

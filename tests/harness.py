@@ -250,6 +250,13 @@ class Stack:
                 out.append(record)
         return out
 
+    def log_tail(self, lines: int) -> str:
+        """The last `lines` events but the children's own output (the engine's health checks)."""
+        if not self.log_file.exists():
+            return "(no log)"
+        events = [ln for ln in self.log_file.read_text().splitlines() if '"event": "output"' not in ln]
+        return "\n".join(events[-lines:])
+
     def engine_requests(self) -> list[dict[str, Any]]:
         if not self.record_file.exists():
             return []

@@ -90,6 +90,40 @@ def test_engine_change_restarts_only_the_engine(stack: Stack) -> None:
     assert engine_env["OLLAMA_HOST"] == f"127.0.0.1:{stack.engine_port}"
 
 
+@pytest.mark.parametrize("name", ["ai-server.toml", "clients.toml"])
+def test_a_file_caught_half_saved_is_not_applied(stack: Stack, name: str) -> None:
+    """An editor saving in place truncates, then writes. A reload between the two applied the
+    empty file: an empty ai-server.toml is every default (listen on "tailscale": the proxy
+    stopped, with the streams it served), an empty clients.toml no client policy at all. Seen
+    once in a full run, when the writer was descheduled between the two."""
+    path = stack.config_dir / name
+    if name == "clients.toml":
+        path.write_text('[[client]]\nname = "script"\ntoken_sha256 = "' + '0' * 64 + '"\n')
+        wait_for(lambda: stack.events("reloaded", trigger="saved clients.toml"), what="clients.toml applied")
+    text = path.read_text()
+    before = {c["name"]: c["pid"] for c in stack.status()["children"]}
+    reloads = len(stack.events("reloaded"))
+    with path.open("w") as editor:  # truncated: the save has begun
+        got = wait_for(lambda: stack.events("config_settling") or stack.events("reloaded")[reloads:],
+                       what="the truncation seen")
+        assert got[0]["event"] == "config_settling" and got[0]["files"] == [name], got
+        editor.write(text)
+    wait_for(lambda: stack.events("reloaded")[reloads:], what="the save applied")
+    assert not stack.events("config_emptied")
+    assert all(r["changed"] == [] for r in stack.events("reloaded")[reloads:])
+    assert {c["name"]: c["pid"] for c in stack.status()["children"]} == before
+    assert not [e for e in stack.events("state") if e["to"] in ("STOPPED", "STOPPING")]
+
+
+def test_a_file_left_empty_is_applied_as_meant(stack: Stack) -> None:
+    allow_file = stack.config_dir / "allowlist.toml"
+    save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
+    wait_for(lambda: status_of(stack, "/api/ps") == 200, what="rule in force")
+    allow_file.write_text("")
+    wait_for(lambda: stack.events("config_emptied", files=["allowlist.toml"]), what="the empty file taken as meant")
+    wait_for(lambda: status_of(stack, "/api/ps") == 403, what="no rules")
+
+
 def test_proxy_change_reloads_in_place(stack: Stack) -> None:
     before = {c["name"]: c["pid"] for c in stack.status()["children"]}
     stack.write_config(stack.default_config().replace("drain_timeout = 5", "drain_timeout = 5\nmax_body_mb = 1"))

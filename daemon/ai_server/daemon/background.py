@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,19 +22,62 @@ from ai_server.observe.webhook import Deliverer
 
 CONFIG_FILES = frozenset({"ai-server.toml", "allowlist.toml", "clients.toml"})
 TAILNET_POLL_S = 5.0
+# An editor that saves in place truncates the file and then writes it; one that keeps a backup
+# may rename the file away first. A reload between the two would apply an empty file (every
+# default: listen on "tailscale", no clients, no rules) for a moment. A file that had content
+# and now has none is given this long to get it back before that is taken as meant.
+SETTLE_S = 2.0
+SETTLE_POLL_S = 0.05
 
 Reload = Callable[[str], Awaitable[None]]
 
 
-async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload) -> None:
-    """A reload for every save (editors save by renaming; watchfiles sees that too)."""
+async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,
+                       clock: Callable[[], float] = time.monotonic) -> None:
+    """A reload for every save (editors save by renaming; watchfiles sees that too), once no
+    file is caught half-saved."""
     import watchfiles
 
     config_dir.mkdir(parents=True, exist_ok=True)
+    sizes = config_sizes(config_dir)
     async for changes in watchfiles.awatch(config_dir, debounce=100, step=50, stop_event=stop,
                                            watch_filter=lambda _, p: os.path.basename(p) in CONFIG_FILES):
         files = sorted({os.path.basename(p) for _, p in changes})
+        await settle(config_dir, sizes, clock)
+        sizes = config_sizes(config_dir)
         await reload(f"saved {', '.join(files)}")
+
+
+def config_sizes(config_dir: Path) -> dict[str, int]:
+    """Each config file's size; 0 for one that is missing."""
+    out = {}
+    for name in CONFIG_FILES:
+        try:
+            out[name] = (config_dir / name).stat().st_size
+        except OSError:
+            out[name] = 0
+    return out
+
+
+def emptied(before: dict[str, int], now: dict[str, int]) -> list[str]:
+    """The files that had content and now have none (empty or gone)."""
+    return sorted(name for name, size in before.items() if size and not now.get(name))
+
+
+async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], float]) -> None:
+    """Wait (at most SETTLE_S) while a file that had content is empty or gone: a save in
+    progress. Still so after that, it is what the user meant, and the reload applies it."""
+    gaps = emptied(before, config_sizes(config_dir))
+    if not gaps:
+        return
+    log = logs.get()
+    log.info("config_settling", files=gaps, seconds=SETTLE_S, reason="emptied or gone: waiting for the save to finish")
+    deadline = clock() + SETTLE_S
+    while gaps and clock() < deadline:
+        await asyncio.sleep(SETTLE_POLL_S)
+        gaps = emptied(before, config_sizes(config_dir))
+    if gaps:
+        log.warning("config_emptied", files=gaps, reason=f"still empty or gone after {SETTLE_S:g}s: applied as meant")
 
 
 async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:
