@@ -64,6 +64,14 @@ def escaped_prompt(size: int, model: str = "smollm2:135m") -> bytes:
     return head + b'\\"' * ((size - len(head) - len(tail)) // 2) + tail
 
 
+def escaped_pairs(size: int, model: str = "smollm2:135m") -> bytes:
+    """Pairs of an escaped "model" key and 256 lone-surrogate escapes: short strings, each all
+    unescaping (between two of the clock's questions when it counted tokens alone)."""
+    pair = b'"\\u006d\\u006f\\u0064\\u0065\\u006c":"' + b"\\ud83d" * 256 + b'",'
+    tail = ('"model":"' + model + '"}').encode()
+    return b"{" + pair * ((size - 1 - len(tail)) // len(pair)) + tail
+
+
 def send(stack: Stack, body: bytes, results: list[tuple[int, float]], lock: threading.Lock) -> None:
     started = time.monotonic()
     status = 0
@@ -154,6 +162,7 @@ def main() -> int:
                            ("tiny strings, forbidden model", tiny_strings(size, "qwen:7b")),
                            ("one key of \\u0041 escapes", escaped_key(size)),
                            ("one prompt of escaped quotes", escaped_prompt(size)),
+                           ("escaped model pairs", escaped_pairs(size)),
                            ("one long prompt", big)):
             results: list[tuple[int, float]] = []
             send(stack, body, results, threading.Lock())
@@ -161,6 +170,9 @@ def main() -> int:
         counts, peak, seconds = burst(stack, escaped_key(size), args.escaped)
         answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
         print(f"\n{args.escaped} escaped-key bodies at once: {answers} in {seconds:.1f} s, HAProxy peak {peak / mib:.0f} MiB")
+        counts, peak, seconds = burst(stack, escaped_pairs(size), args.escaped)
+        answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+        print(f"{args.escaped} escaped-pair bodies at once: {answers} in {seconds:.1f} s, HAProxy peak {peak / mib:.0f} MiB")
         reached = [r["body_len"] for r in stack.engine_requests() if r["target"] == "/v1/chat/completions"]
         print(f"\nbodies that reached the engine: {len(reached)} ({', '.join(f'{n / mib:.0f} MiB' for n in reached)})")
     finally:

@@ -83,7 +83,7 @@ def test_models_in_the_path_count_with_those_in_the_body() -> None:
 
 @needs_lua
 def test_a_body_it_cannot_read_in_time_is_slow_never_passed() -> None:
-    """The scan asks the clock every 4096 tokens: a body of many tiny strings, read past its
+    """The scan asks the clock every 4096 units of work (tokens, escapes): a body of many tiny strings, read past its
     time, is "slow" (haproxy.cfg refuses it, 413); a short body is read whatever the clock."""
     tiny = b'{"messages":[' + b'{"role":"user","content":"ab"},' * 3000 + b'{}],"model":"x"}'
     assert lua_judge([(CHAT, tiny), (CHAT, b'{"model":"x"}')], late=True) == [("slow", ""), ("ok", "x:latest")]
@@ -97,6 +97,18 @@ def lua_allocates(body: bytes) -> float:
               "M.judge('/v1/chat/completions', body, {}, true, function() return false end); "
               "io.write(collectgarbage('count') - before)")
     return float(subprocess.run([str(LUA), "-e", script], input=body, capture_output=True, check=True, timeout=60).stdout)
+
+
+@needs_lua
+def test_short_strings_full_of_escapes_ask_the_clock_too() -> None:
+    """The clock was asked every 4096 tokens, whatever each cost: 21,000 pairs of an escaped
+    "model" key and 256 lone-surrogate escapes unescaped for 1.03 s between two questions, past
+    the 1 s budget (attacker's finding on issue 16). Escapes and unescaped bytes count now: here
+    1,000 pairs (2,000 tokens) are past the budget, where they never asked before."""
+    pair = b'"\\u006d\\u006f\\u0064\\u0065\\u006c":"' + b"\\ud83d" * 256 + b'",'
+    body = b"{" + pair * 1000 + b'"x":1}'
+    assert lua_judge([(CHAT, body)], late=True) == [("slow", "")]
+    assert lua_judge([(CHAT, body)]) == [("bad", "not a model name (letters, digits, . _ : / -)")]
 
 
 @needs_lua

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from ai_server.access import tailnet
-from ai_server.access.tailscale import Peer, Status
+from ai_server.access.tailscale import Peer, Status, parse
 
 PEER = Peer(("100.64.0.2",), "laptop", "laptop.tail1234.ts.net", "alice@example.com", (), "nL1CNTRL", "tail1234.ts.net")
 
@@ -31,8 +32,8 @@ def test_only_tailscales_own_interfaces_count_without_the_cli() -> None:
 
 
 def test_a_failing_cli_keeps_the_last_peer_map_stale_since_its_first_failure() -> None:
-    known = tailnet.from_status(Status(True, "Running", ("100.64.0.1",), ("mymac.tail1234.ts.net", "mymac"), (PEER,)),
-                                {"100.64.0.1"})
+    known = tailnet.from_status(Status(True, "Running", ("100.64.0.1",), ("mymac.tail1234.ts.net", "mymac"), (PEER,),
+                                       suffix="tail1234.ts.net"), {"100.64.0.1"})
     assert known.peers_known and known.stale_since is None and known.addresses == ("100.64.0.1",)
     first = tailnet.degraded(known, ["100.64.0.1"], "`tailscale status` did not answer within 5 s", "2026-12-03T10:00:00Z")
     assert first.peers == (PEER,) and first.peers_known and first.stale_since == "2026-12-03T10:00:00Z"
@@ -52,4 +53,30 @@ def test_with_no_map_yet_nobody_is_known() -> None:
     assert bound.addresses == ("100.64.0.1",) and not bound.peers_known and bound.problem is None
     assert not tailnet.without_cli([]).peers_known
     stopped = tailnet.from_status(Status(False, "Stopped"), set())
-    assert stopped.peers_known and stopped.addresses == () and stopped.problem == "Tailscale is Stopped"
+    assert not stopped.peers_known and stopped.addresses == () and stopped.problem == "Tailscale is Stopped"
+
+
+def test_only_a_running_tailnet_with_its_suffix_gives_a_peer_map() -> None:
+    """Two statuses the CLI can print were taken as a peer map (attacker's finding on issue 16).
+    Without MagicDNSSuffix and Self.DNSName every peer's device name was "": a device that
+    clients.toml restricts by name fell to [defaults]. NeedsLogin or Starting may list a stale
+    netmap. Neither is a map now: the last one stays, stale, or nobody is known."""
+    peer = {"ID": "nL1CNTRL", "DNSName": "laptop.tail1234.ts.net.", "HostName": "laptop", "UserID": 2,
+            "TailscaleIPs": ["100.64.0.2"]}
+    users = {"2": {"LoginName": "alice@example.com"}}
+    bare = parse(json.dumps({"BackendState": "Running", "TailscaleIPs": ["100.64.0.1"], "Self": {"TailscaleIPs": ["100.64.0.1"]},
+                             "Peer": {"k": peer}, "User": users}))
+    assert bare.peers[0].device == "" and bare.suffix == ""
+    never = tailnet.from_status(bare, {"100.64.0.1"}, None, "2026-12-03T10:00:00Z")
+    assert not never.peers_known and never.peers == () and never.cli_problem == tailnet.NO_SUFFIX
+    assert never.addresses == ("100.64.0.1",)
+    good = parse(json.dumps({"BackendState": "Running", "TailscaleIPs": ["100.64.0.1"], "MagicDNSSuffix": "tail1234.ts.net",
+                             "Self": {"TailscaleIPs": ["100.64.0.1"]}, "Peer": {"k": peer}, "User": users}))
+    known = tailnet.from_status(good, {"100.64.0.1"})
+    assert known.peers_known and known.peers[0].device == "laptop"
+    kept = tailnet.from_status(bare, {"100.64.0.1"}, known, "2026-12-03T10:00:00Z")
+    assert kept.peers == known.peers and kept.peers_known and kept.stale_since == "2026-12-03T10:00:00Z"
+    for state in ("NeedsLogin", "Starting", "Stopped"):
+        waiting = tailnet.from_status(parse(json.dumps({"BackendState": state, "MagicDNSSuffix": "tail1234.ts.net",
+                                                        "Peer": {"k": peer}, "User": users})), set())
+        assert not waiting.peers_known and waiting.peers == () and waiting.addresses == (), state

@@ -98,16 +98,32 @@ def degraded(previous: Detection | None, own: Sequence[str], problem: str, now: 
                    f"{', '.join(previous.addresses) or 'an address'}")
 
 
-def from_status(status: tailscale.Status, local: set[str]) -> Detection:
-    """What a status the CLI gave says. Pure."""
+NO_SUFFIX = "tailscale status gives no MagicDNS suffix: devices cannot be told apart by name"
+
+
+def from_status(status: tailscale.Status, local: set[str], previous: Detection | None = None,
+                now: str = "") -> Detection:
+    """What a status the CLI gave says. Pure.
+
+    Only a Running backend's peers are a map: Starting or NeedsLogin may list a stale netmap,
+    or none. And a status without this tailnet's MagicDNS suffix (ipnstate fills it whether or
+    not MagicDNS is on) gives every peer an empty device name: each one that clients.toml names
+    by device would fall to [defaults]. That is a CLI failing, and the last map stays."""
     if not status.running:
-        return Detection((), status.names, f"Tailscale is {status.state or 'not running'}", status.peers,
-                         status.cert_domains, peers_known=True)
-    # Only what is really on an interface: binding anything else would fail.
-    addresses = ordered(a for a in status.addresses if is_tailnet(a) and a in local)
+        state = status.state or "not running"
+        return Detection((), status.names, f"Tailscale is {state}", cert_domains=status.cert_domains,
+                         cli_problem=f"Tailscale is {state}: who is calling cannot be known")
+    if not status.suffix:
+        return degraded(previous, own_addresses(status, local), NO_SUFFIX, now or now_iso())
+    addresses = own_addresses(status, local)
     problem = None if addresses else (
         f"Tailscale reports {', '.join(status.addresses) or 'no address'}, not on any interface here yet")
     return Detection(tuple(addresses), status.names, problem, status.peers, status.cert_domains, peers_known=True)
+
+
+def own_addresses(status: tailscale.Status, local: set[str]) -> list[str]:
+    # Only what is really on an interface: binding anything else would fail.
+    return ordered(a for a in status.addresses if is_tailnet(a) and a in local)
 
 
 def detect(previous: Detection | None = None, now: str | None = None) -> Detection:
@@ -123,7 +139,7 @@ def detect(previous: Detection | None = None, now: str | None = None) -> Detecti
     except tailscale.Unavailable as err:
         return degraded(previous, own, str(err), now or now_iso())
     local = {_address(e) for entries in interfaces.values() for e in entries}
-    return from_status(status, local)
+    return from_status(status, local, previous, now or now_iso())
 
 
 def resolve_listen(listen: Sequence[str], tailnet: Sequence[str]) -> tuple[str, ...]:

@@ -64,6 +64,7 @@ class Status:
     names: tuple[str, ...] = ()                # this machine's MagicDNS name and its first label
     peers: tuple[Peer, ...] = field(default=())
     cert_domains: tuple[str, ...] = ()         # names `tailscale cert` can get a certificate for
+    suffix: str = ""                           # this tailnet's MagicDNS suffix ("" when it gives none)
 
 
 def _addresses(values: Any) -> tuple[str, ...]:
@@ -113,7 +114,7 @@ def parse(text: str) -> Status:
                           node_id if _NODE_ID.fullmatch(node_id) else "", suffix))
     cert_domains = tuple(n for n in (_name(d) for d in data.get("CertDomains") or []) if n)
     return Status(state == "Running", state, _addresses(data.get("TailscaleIPs") or me.get("TailscaleIPs")),
-                  names, tuple(peers), cert_domains)
+                  names, tuple(peers), cert_domains, suffix)
 
 
 def cli() -> str | None:

@@ -16,10 +16,11 @@ local function skip_ws(s, i)
   return find(s, "[^ \t\r\n]", i)
 end
 
--- The closing quote of the JSON string whose opening quote is at i: the next quote not
--- escaped by an odd run of backslashes. nil when the string never ends, or nil, "slow" when
--- `late()` (asked every 4096 quotes or backslashes) says the time is up: one string can be
--- the whole body, all escaped quotes.
+-- The closing quote of the JSON string whose opening quote is at i, and the quotes and
+-- backslashes it stepped over (the caller's work to count): the next quote not escaped by an
+-- odd run of backslashes. nil when the string never ends, or nil, "slow" when `late()` (asked
+-- every 4096 quotes or backslashes) says the time is up: one string can be the whole body,
+-- all escaped quotes.
 local function string_end(s, i, late)
   local j, turns = i + 1, 0
   while true do
@@ -31,10 +32,25 @@ local function string_end(s, i, late)
       turns = turns + 1
       if turns % 4096 == 0 and late() then return nil, "slow" end
     end
-    if (q - 1 - k) % 2 == 0 then return q end
+    if (q - 1 - k) % 2 == 0 then return q, turns end
     j = q + 1
     turns = turns + 1
     if turns % 4096 == 0 and late() then return nil, "slow" end
+  end
+end
+
+-- `late()` asked once per WORK units of work: a token, a quote or backslash stepped over, a
+-- byte unescaped. Counting tokens alone let a body of short strings, each full of escapes,
+-- run a second past the budget between two questions (attacker's finding on issue 16).
+local WORK = 4096
+
+local function meter(late)
+  local work, next_check = 0, WORK
+  return function(n)
+    work = work + n
+    if work < next_check then return false end
+    next_check = work + WORK
+    return late()
   end
 end
 
@@ -82,39 +98,53 @@ end
 
 -- Every value of the body's top-level "model" and "name" keys, compared without case and
 -- after unescaping (Go matches a key to a field that way, and keeps the last of two): a
--- list, or nil and why not. `late()` is asked every 4096 tokens whether the time is up.
+-- list of the distinct values, or nil and why not. `late()` is asked after every WORK units
+-- of work whether the time is up.
 -- Keys are read at every depth-1 position, after the first value too: what Go ignores is
 -- judged anyway, so nothing an engine might read escapes the check.
 function M.body_models(body, late)
   local first = skip_ws(body, 1)
   if not first or byte(body, first) ~= 123 then return {} end  -- not a JSON object: names nothing
-  local depth, found, pos, tokens = 0, {}, first, 0
+  local depth, found, seen, pos = 0, {}, {}, first
+  local spent = meter(late)
   while true do
     local s = find(body, '[{}%[%]"]', pos)
     if not s then break end
-    tokens = tokens + 1
-    if tokens % 4096 == 0 and late() then return nil, "slow" end
+    if spent(1) then return nil, "slow" end
     local c = byte(body, s)
     if c == 34 then
-      local e, slow = string_end(body, s, late)
-      if not e then return nil, slow or "the request body is not valid JSON" end
+      local e, turns = string_end(body, s, late)
+      if not e then return nil, turns or "the request body is not valid JSON" end
+      if spent(turns) then return nil, "slow" end
       pos = e + 1
       if depth == 1 and e - s - 1 <= MAX_KEY then
         local colon = skip_ws(body, pos)
         if colon and byte(body, colon) == 58 then
           local key = sub(body, s + 1, e - 1)
-          if find(key, "\\", 1, true) then key = M.unescape(key) or "" end
+          if find(key, "\\", 1, true) then
+            if spent(#key) then return nil, "slow" end
+            key = M.unescape(key) or ""
+          end
           key = lower(key)
           if key == "model" or key == "name" then
             local v = skip_ws(body, colon + 1)
             if v and byte(body, v) == 34 then
-              local ve, vslow = string_end(body, v, late)
-              if not ve then return nil, vslow or "the request body is not valid JSON" end
+              local ve, vturns = string_end(body, v, late)
+              if not ve then return nil, vturns or "the request body is not valid JSON" end
+              if spent(vturns) then return nil, "slow" end
               -- Too long to be a name: kept as one that is none, so the body is refused.
               local value = ve - v - 1 <= MAX_VALUE and sub(body, v + 1, ve - 1) or ""
-              if find(value, "\\", 1, true) then value = M.unescape(value) end
+              if find(value, "\\", 1, true) then
+                if spent(#value) then return nil, "slow" end
+                value = M.unescape(value)
+              end
               if not value then return nil, "the model name has a malformed escape" end
-              found[#found + 1] = value
+              -- The same name again changes no verdict: kept once, so a body repeating one
+              -- pair does not grow the list.
+              if not seen[value] then
+                seen[value] = true
+                found[#found + 1] = value
+              end
               pos = ve + 1
             elseif v and sub(body, v, v + 3) ~= "null" then
               return nil, "the model must be a string"
