@@ -43,8 +43,7 @@ async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,
     async for changes in watchfiles.awatch(config_dir, debounce=100, step=50, stop_event=stop,
                                            watch_filter=lambda _, p: os.path.basename(p) in CONFIG_FILES):
         files = sorted({os.path.basename(p) for _, p in changes})
-        await settle(config_dir, sizes, clock)
-        sizes = config_sizes(config_dir)
+        sizes = await settle(config_dir, sizes, clock)
         await reload(f"saved {', '.join(files)}")
 
 
@@ -64,20 +63,24 @@ def emptied(before: dict[str, int], now: dict[str, int]) -> list[str]:
     return sorted(name for name, size in before.items() if size and not now.get(name))
 
 
-async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], float]) -> None:
+async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], float]) -> dict[str, int]:
     """Wait (at most SETTLE_S) while a file that had content is empty or gone: a save in
-    progress. Still so after that, it is what the user meant, and the reload applies it."""
-    gaps = emptied(before, config_sizes(config_dir))
+    progress. Still so after that, it is what the user meant, and the reload applies it.
+    The sizes it ended with, for the next save."""
+    now = config_sizes(config_dir)
+    gaps = emptied(before, now)
     if not gaps:
-        return
+        return now
     log = logs.get()
     log.info("config_settling", files=gaps, seconds=SETTLE_S, reason="emptied or gone: waiting for the save to finish")
     deadline = clock() + SETTLE_S
     while gaps and clock() < deadline:
         await asyncio.sleep(SETTLE_POLL_S)
-        gaps = emptied(before, config_sizes(config_dir))
+        now = config_sizes(config_dir)
+        gaps = emptied(before, now)
     if gaps:
         log.warning("config_emptied", files=gaps, reason=f"still empty or gone after {SETTLE_S:g}s: applied as meant")
+    return now
 
 
 async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:
