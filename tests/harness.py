@@ -260,7 +260,15 @@ class Stack:
     def engine_requests(self) -> list[dict[str, Any]]:
         if not self.record_file.exists():
             return []
-        return [json.loads(line) for line in self.record_file.read_text().splitlines()]
+        entries = (json.loads(line) for line in self.record_file.read_text().splitlines())
+        return [e for e in entries if "produced" not in e]
+
+    def produced(self) -> list[dict[str, Any]]:
+        """What the stand-in counted for each generation it ended, and what it delivered."""
+        if not self.record_file.exists():
+            return []
+        entries = (json.loads(line) for line in self.record_file.read_text().splitlines())
+        return [e["produced"] for e in entries if "produced" in e]
 
     def descendants(self) -> list[psutil.Process]:
         """Every process started from this stack's folders (children and their children)."""

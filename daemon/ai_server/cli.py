@@ -82,11 +82,30 @@ def format_status(data: dict[str, Any], names: Sequence[str] = ()) -> str:
                 lines.append("clients: " + ", ".join(f"{c} {n}" for c, n in sorted(load["clients"].items())))
         if proxy.get("config_error"):
             lines.append(f"config error: {proxy['config_error']} (the last good config stays in force)")
+        lines += usage_status(data.get("usage"))
         for item in data.get("warm") or []:
             took = f" in {item['seconds']:g}s" if item.get("seconds") is not None else ""
             detail = f": {item['detail']}" if item["state"] == "failed" else ""
             lines.append(f"warm: {item['model']} {item['state']}{took}{detail}")
     return "\n".join(lines)
+
+
+def usage_status(usage: dict[str, Any] | None) -> list[str]:
+    """status's lines about usage: the ledger when it is in trouble, each client against quota."""
+    if not usage:
+        return []
+    lines = []
+    ledger = usage["ledger"]
+    if not ledger["ok"]:
+        lines.append(f"usage: LEDGER NOT WRITTEN: {ledger['problem']}; {ledger['unrecorded']} requests unrecorded")
+    elif ledger["unrecorded"]:
+        lines.append(f"usage: {ledger['unrecorded']} requests were not recorded in the ledger")
+    for item in usage["quotas"]:
+        state = f"OVER until {item['resets_at']}" if item["over"] else f"resets {item['resets_at']}"
+        used = f"{item['used']:g}" if isinstance(item["used"], float) else item["used"]
+        lines.append(f"quota: {item['client']} {item['quota']} {used} of {item['limit']} "
+                     f"({100 * item['ratio']:.0f}%), {state}")
+    return lines
 
 
 def _status_code(data: dict[str, Any], names: Sequence[str]) -> int:
@@ -241,6 +260,7 @@ def cmd_clients(paths: Paths, args: argparse.Namespace) -> int:
         paths_text = "all paths" if policy["paths"] is None else f"{len(policy['paths'])} paths"
         print(f"{row['name']:<{width}}{row['in_flight']} in flight, {row['last_minute']} in the last minute; "
               f"{printable(who)}; {paths_text}; models {' '.join(policy['models'])}; {limits}; {policy['priority']}")
+        print(f"{'':<{width}}  today: {usage_line(row)}")
         for peer in row["peers"]:
             print(f"{'':<{width}}  {printable(peer['device'])} {' '.join(peer['addresses'])}")
     return EXIT_OK
@@ -250,6 +270,46 @@ def printable(text: str) -> str:
     """Text a device chose (its HostName, say) for a terminal: control bytes as \\xNN, so a
     name cannot move the cursor, recolour or retitle the terminal it is shown in."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def usage_line(row: dict[str, Any]) -> str:
+    """A client's use today against its quotas: `1200 tokens of 200000 (0.6%), 41.2 GPU-s`."""
+    today, quotas = row.get("today") or {}, row.get("quotas") or {}
+    parts = []
+    for quota, used, unit in (("tokens_per_day", today.get("tokens", 0), "tokens"),
+                              ("tokens_per_month", today.get("tokens_month", 0), "tokens this month"),
+                              ("gpu_seconds_per_day", today.get("gpu_seconds", 0.0), "GPU-s")):
+        if quota == "tokens_per_month" and quota not in quotas:
+            continue
+        shown = f"{used:g}" if isinstance(used, float) else str(used)
+        standing = quotas.get(quota)
+        if standing:
+            over = " OVER, until " + standing["resets_at"] if standing["over"] else ""
+            parts.append(f"{shown} {unit} of {standing['limit']} ({100 * standing['ratio']:.0f}%){over}")
+        else:
+            parts.append(f"{shown} {unit}")
+    return ", ".join(parts)
+
+
+def cmd_usage(paths: Paths, args: argparse.Namespace) -> int:
+    """The ledger's totals; read straight from the state dir (no supervisor needed)."""
+    import time
+
+    from ai_server.base.zones import zone
+    from ai_server.observe.usage import report
+
+    cfg = config_mod.read(paths.config_dir)
+    tz = zone(cfg.usage.timezone)
+    until = time.time()
+    since = report.parse_since(args.since, until, tz)
+    rows = report.usage(paths.state_dir, since, until, args.by, tz, args.client)
+    if args.json:
+        print(json.dumps(report.as_json(rows, since, until, args.by), indent=2))
+    elif args.csv:
+        print(report.as_csv(rows, args.by), end="")
+    else:
+        print(report.as_table(rows, since, until, args.by, tz))
+    return EXIT_OK
 
 
 def cmd_nodes(paths: Paths, args: argparse.Namespace) -> int:
@@ -472,6 +532,15 @@ def _access_commands(sub: Commands) -> None:
     tokens = p.add_subparsers(dest="clients_command", metavar="token")
     t = tokens.add_parser("token", help="mint a token for NAME (shown once; stored hashed)")
     t.add_argument("name", metavar="NAME")
+
+    p = sub.add_parser("usage", help="tokens, GPU-seconds and requests per client, model, node, day or hour, from the ledger")
+    p.add_argument("--since", default="24h", help="24h, 7d, 2026-11-01, 2026-11-01T08:00 (default 24h)")
+    p.add_argument("--by", default="client", choices=["client", "model", "node", "day", "hour"])
+    p.add_argument("--client", metavar="NAME", help="only this client")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true")
+    shape.add_argument("--csv", action="store_true")
+    p.set_defaults(func=cmd_usage)
 
 
 def _machine_commands(sub: Commands) -> None:

@@ -36,6 +36,7 @@ from ai_server.base.errors import ConfigError
 from ai_server.base.netaddr import canonical, is_dns_name, listen_problem
 from ai_server.base.tomlfile import Table, line_of, parse_toml, read_text
 from ai_server.base.tomlkeys import key, table
+from ai_server.base.zones import valid_zone
 
 ENGINE_KINDS = ("ollama", "llama-server", "none")
 DEFAULT_COMMANDS = {"ollama": ("ollama", "serve"), "llama-server": ("llama-server",), "none": ()}
@@ -334,6 +335,17 @@ class NodeConfig:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _keep_days(value: int) -> str | None:
+    return None if 1 <= value <= 36500 else "must be 1 to 36500 days"
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    keep_days: int = key(400, "the usage ledger keeps this many days of history", check=_keep_days)
+    timezone: str = key("local", 'where "per day" and "per month" quotas reset: "local" or an IANA name',
+                        check=valid_zone)
+
+
 @dataclass(frozen=True)
 class Config:
     proxy: ProxyConfig = table(ProxyConfig, "HAProxy: where it listens, what it accepts, its queue")
@@ -342,6 +354,7 @@ class Config:
     restart: RestartPolicy = table(RestartPolicy, "restart policy for both children, after supervisord's")
     metrics: MetricsConfig = table(MetricsConfig, "Prometheus /metrics and the dashboard")
     alerts: AlertsConfig = table(AlertsConfig, "alerts: the log always, a webhook when set")
+    usage: UsageConfig = table(UsageConfig, "the usage ledger and the quota windows")
     nodes: tuple[NodeConfig, ...] = table(NodeConfig, "other ai-servers this one fronts", toml="node", array=True)
     log: LogConfig = table(LogConfig, "log rotation")
 

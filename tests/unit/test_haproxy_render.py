@@ -89,7 +89,7 @@ def test_no_user_text_reaches_the_config() -> None:
     for word in ("/tmp", "/home", "/Users", "Application Support"):
         assert word not in text, word
     assert re.search(r"\$[A-Za-z_{(]", text) is None  # nothing HAProxy would take for a variable
-    assert "stats socket unix@haproxy.sock" in text and "log unix@haproxy-log.sock" in text
+    assert "stats socket unix@haproxy.sock" in text and "log fd@3 " in text
 
 
 def test_state_dir_with_dollars_quotes_and_spaces(tmp_path: Path) -> None:
@@ -112,19 +112,22 @@ def test_host_forms() -> None:
 
 
 def test_parse_access_log_line() -> None:
-    line = ("ai-server-request 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- m3 studio-2:backup laptop "
-            "qwen2.5-coder:7b interactive POST "
-            "/v1/messages?beta=true")
+    line = ("ai-server-request 1796284065-77-12 1796284065000123 100.64.0.7 51234 200 1532 301 0 0 1 15 2048 ---- m3 "
+            "studio-2:backup laptop qwen2.5-coder:7b interactive m=sse,ui=5 POST /v1/messages?beta=true")
     fields = parse_log(line)
     assert fields == {
-        "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200, "client": "100.64.0.7",
+        "id": "1796284065-77-12", "t_in_us": 1796284065000123, "meter": "m=sse,ui=5", "backend": "m3",
+        "server": "studio-2:backup", "method": "POST", "path": "/v1/messages", "query": "beta=true", "status": 200,
+        "client": "100.64.0.7",
         "who": "laptop", "model": "qwen2.5-coder:7b", "priority": "interactive", "queue": False, "node": "studio-2",
         "client_port": 51234, "bytes_out": 1532, "bytes_in": 301, "forwarded": True, "termination": "----",
         "t_request_ms": 0, "t_queue_ms": 0, "t_connect_ms": 1, "t_response_ms": 15, "t_total_ms": 2048}
     assert parse_log("Server engine/engine is DOWN") is None
-    weird = parse_log("ai-server-request 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <NOSRV> - - - <BADREQ> /a#20b")
+    weird = parse_log("ai-server-request 1-2-3 - 127.0.0.1 1 400 0 0 -1 -1 -1 -1 0 PR-- ai_server <NOSRV> - - - - "
+                      "<BADREQ> /a#20b")
     assert weird is not None and weird["path"] == "/a#20b" and weird["forwarded"] is False
     assert weird["who"] == "unknown" and weird["model"] is None and weird["node"] is None
+    assert weird["t_in_us"] is None and weird["meter"] is None
 
 
 @pytest.mark.parametrize("fronting", [False, True])

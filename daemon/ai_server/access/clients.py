@@ -1,9 +1,13 @@
 """clients.toml: who may use what, within allowlist.toml. No database: identities come from the
 tailnet (`tailscale status --json`) or from a token whose SHA-256 alone is stored.
 
-    [defaults]   models, rpm, concurrency, priority       what every client gets unless it says otherwise
+    [defaults]   models, rpm, concurrency, priority, quotas   what every client gets unless it says otherwise
     [unknown]    policy = "allow" | "deny"                 tailnet peers that match no [[client]]
-    [[client]]   name; device | node_id | user | tag | token_sha256; paths, models, rpm, concurrency, priority; admin
+    [[client]]   name; device | node_id | user | tag | token_sha256; paths, models, rpm, concurrency, priority, quotas; admin
+
+Quotas (0: none): tokens_per_day, tokens_per_month (input + output tokens as the engine counts
+them), gpu_seconds_per_day (time holding an engine slot), and max_seconds (how long one
+generation may hold a slot before the proxy cuts it).
 
 A peer address belongs to the most specific entry that matches it: a device (its MagicDNS
 name, or its stable node ID), then a user, then a tag; between two entries of one rank, the
@@ -51,6 +55,8 @@ _NODE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _USER = re.compile(r"[^\s\x00-\x1f\x7f]{1,320}")
 _TAG = re.compile(r"tag:[A-Za-z0-9-]{1,100}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Quotas and max_seconds stop here: a trillion tokens, 31 years; past that a value is a typo.
+QUOTA_MAX = 10 ** 12
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ class Policy:
     concurrency: int = 0       # requests in flight at once; 0: unlimited
     priority: str = "normal"
     paths: tuple[str, ...] | None = None   # None: every allowlist.toml path
+    tokens_per_day: int = 0       # quotas: 0 = none
+    tokens_per_month: int = 0
+    gpu_seconds_per_day: int = 0
+    max_seconds: int = 0          # one generation may hold an engine slot this long; 0: no limit
 
     @property
     def any_model(self) -> bool:
@@ -214,6 +224,9 @@ def _policy(t: Table, base: Policy, allow_paths: bool) -> Policy:
     def count(value: int) -> str | None:
         return None if value >= 0 else "must be 0 (unlimited) or more"
 
+    def quota(value: int) -> str | None:
+        return None if 0 <= value <= QUOTA_MAX else f"must be 0 (none) to {QUOTA_MAX}"
+
     return Policy(
         models=tuple(t.get("models", list(base.models), list, globs)),
         rpm=t.get("rpm", base.rpm, int, count),
@@ -221,6 +234,10 @@ def _policy(t: Table, base: Policy, allow_paths: bool) -> Policy:
         priority=t.get("priority", base.priority, str,
                        lambda v: None if v in PRIORITIES else f"{v!r} is not one of {', '.join(PRIORITIES)}"),
         paths=tuple(t.get("paths", [], list, paths)) if allow_paths and "paths" in t.data else base.paths,
+        tokens_per_day=t.get("tokens_per_day", base.tokens_per_day, int, quota),
+        tokens_per_month=t.get("tokens_per_month", base.tokens_per_month, int, quota),
+        gpu_seconds_per_day=t.get("gpu_seconds_per_day", base.gpu_seconds_per_day, int, quota),
+        max_seconds=t.get("max_seconds", base.max_seconds, int, quota),
     )
 
 

@@ -47,6 +47,8 @@ class Spec:
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 5.0
     cwd: str | None = None
+    # Descriptors the child inherits at the same numbers (HAProxy: the request log).
+    pass_fds: tuple[int, ...] = ()
 
 
 def describe_exit(returncode: int) -> str:
@@ -222,7 +224,7 @@ class Child:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv, env=spec.env, cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=spec.pass_fds,
                 start_new_session=True,  # its own process group: stop reaches workers and runners
             )
         except OSError as err:

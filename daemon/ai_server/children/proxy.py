@@ -70,11 +70,16 @@ class Load:
 
 class ProxyChild:
     """`desired` is what this child last applied, `program` haproxy as preflight found it.
-    `lua`: the haproxy binary has Lua, so requests can be held while the engine restarts."""
+    `lua`: the haproxy binary has Lua, so requests can be held while the engine restarts.
+    `log_fd`: the request log (observe/usage/spool.py), open for appending, which HAProxy
+    inherits at that number and logs to."""
 
-    def __init__(self, ctx: Context, desired: Desired, program: str, lua: bool, fleet: Fleet):
+    def __init__(self, ctx: Context, desired: Desired, program: str, lua: bool, fleet: Fleet, log_fd: int):
         self.ctx, self.desired, self.program, self.fleet = ctx, desired, program, fleet
         self.paths = ctx.paths
+        self.log_fd = log_fd
+        # Who is over a quota now (maps.quota_map's entries): the supervisor sets it.
+        self.over_quota: dict[str, tuple[str, float, int, float, str]] = {}
         self.log = logs.get()
         self.hold = Hold(self.paths.haproxy_stats_socket, self.paths.state_dir, ctx.clock, lua, self.running)
         self.child = Child("haproxy", Role.PROXY, self.spec, desired.config.restart, ctx,
@@ -170,7 +175,8 @@ class ProxyChild:
         # request would map and unmap several of them (measured: +0.2 ms a request).
         return Spec(argv=(self.program, "-W", "-db", "-dMglobal", "-f", str(self.paths.haproxy_cfg)),
                     env=dict(self.ctx.environ), stop_signal=signal.SIGUSR1,
-                    stop_timeout=self.desired.config.proxy.drain_timeout + 1.0, cwd=str(self.paths.state_dir))
+                    stop_timeout=self.desired.config.proxy.drain_timeout + 1.0, cwd=str(self.paths.state_dir),
+                    pass_fds=(self.log_fd,))
 
     async def listens(self) -> bool:
         desired = self.desired
@@ -187,7 +193,8 @@ class ProxyChild:
                                    engine_health_path=engine_for(desired.config.engine.kind).health_path,
                                    lua=self.hold.available,
                                    tls=desired.config.proxy.tls == "tailscale" and self.tls_ready,
-                                   node_states=self.fleet.render_states(), node_slots=self.fleet.render_slots())
+                                   node_states=self.fleet.render_states(), node_slots=self.fleet.render_slots(),
+                                   log_fd=self.log_fd)
 
     def maps(self, desired: Desired) -> list[MapFile]:
         """The maps this child swaps in live, in that order: the allowlist's routes before its
@@ -195,7 +202,8 @@ class ProxyChild:
         cfg = desired.config
         files = maps.every_map(desired.allowlist, desired.addresses, cfg.proxy.port, [*desired.names, *cfg.proxy.server_names],
                                desired.clients, desired.peers, ollama_names(cfg), cfg.proxy.fronts,
-                               peers_known=desired.peers_known)
+                               peers_known=desired.peers_known, idle_timeout=cfg.proxy.idle_timeout,
+                               over_quota=self.over_quota)
         return files + ([maps.engine_models_map(self.engine_models)] if answers_models(cfg) else [])
 
     async def set_engine_models(self, answer: str) -> None:
@@ -270,6 +278,20 @@ class ProxyChild:
                           reason="addresses changed" if plan.addresses else "config changed")
         elif plan.rules:
             await self.swap_rules()
+
+    async def set_over_quota(self, refused: dict[str, tuple[str, float, int, float, str]]) -> None:
+        """Who is over a quota now (maps.quota_map's entries): into the running proxy, and the
+        map file it starts from. A failed swap reloads, which reads that file."""
+        self.over_quota = dict(refused)
+        item = maps.quota_map(self.over_quota)
+        await asyncio.to_thread(atomic_write, self.paths.state_dir / item.name, item.text())
+        if self.child.state not in ALIVE:
+            return
+        try:
+            await asyncio.to_thread(runtime.swap, self.paths.haproxy_stats_socket, [item])
+        except HaproxyRuntimeError as err:
+            self.log.warning("maps_swap_failed", process="haproxy", error=str(err), map=item.name, reason="reloading instead")
+            self.child.signal(signal.SIGUSR2)
 
     async def swap_rules(self) -> None:
         """New allowlist into the running proxy without a reload; a reload if that fails."""

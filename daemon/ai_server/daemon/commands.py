@@ -16,6 +16,7 @@ from ai_server.base.netaddr import host_port
 from ai_server.children.proxy import Load
 from ai_server.desired import Desired
 from ai_server.observe.snapshot import Snapshot
+from ai_server.observe.usage.state import UsageState
 
 Answers = AsyncIterator[dict[str, Any]]
 
@@ -70,6 +71,7 @@ def status_json(snap: Snapshot) -> dict[str, Any]:
         },
         "warm": [w.as_dict() for w in snap.warm],
         "supervisor": {"pid": snap.pid, "mood": snap.mood.value},
+        "usage": None if snap.usage is None else snap.usage.as_json(),
     }
 
 
@@ -83,8 +85,9 @@ def targets(snap: Snapshot, name: str) -> list[str]:
     return [name]
 
 
-def client_rows(desired: Desired, load: Load | None) -> list[dict[str, Any]]:
-    """Each client: how it is identified, its policy, and its load now."""
+def client_rows(desired: Desired, load: Load | None, usage: UsageState | None = None) -> list[dict[str, Any]]:
+    """Each client: how it is identified, its policy, its load now, and its use today against
+    its quotas."""
     peers: dict[str, list[dict[str, Any]]] = {c.name: [] for c in desired.clients.clients}
     for peer in desired.peers:
         owner = desired.clients.owner(peer)
@@ -93,14 +96,23 @@ def client_rows(desired: Desired, load: Load | None) -> list[dict[str, Any]]:
     entries = [(c.name, c.kind, c.value, c.policy) for c in desired.clients.clients]
     entries.append((UNKNOWN, "unknown", "allow" if desired.clients.unknown_allowed else "deny", desired.clients.defaults))
     in_flight, last_minute = (load.clients, load.last_minute) if load is not None else ({}, {})
+    used = usage.as_json() if usage is not None else {"today": {}, "quotas": []}
+    standing: dict[str, dict[str, Any]] = {}
+    for item in used["quotas"]:
+        standing.setdefault(item["client"], {})[item["quota"]] = {
+            k: item[k] for k in ("used", "limit", "ratio", "resets_at", "over")}
     rows = []
     for name, kind, value, policy in entries:
         rows.append({
             "name": name, "identity": {"kind": kind, "value": value[:12] + "..." if kind == "token_sha256" else value},
             "peers": peers.get(name, []),
             "policy": {"paths": None if policy.paths is None else list(policy.paths), "models": list(policy.models),
-                       "rpm": policy.rpm, "concurrency": policy.concurrency, "priority": policy.priority},
+                       "rpm": policy.rpm, "concurrency": policy.concurrency, "priority": policy.priority,
+                       "tokens_per_day": policy.tokens_per_day, "tokens_per_month": policy.tokens_per_month,
+                       "gpu_seconds_per_day": policy.gpu_seconds_per_day, "max_seconds": policy.max_seconds},
             "in_flight": in_flight.get(name, 0), "last_minute": last_minute.get(name, 0),
+            "today": used["today"].get(name, {"tokens": 0, "tokens_month": 0, "gpu_seconds": 0.0}),
+            "quotas": standing.get(name, {}),
         })
     return rows
 
@@ -150,7 +162,8 @@ class Commands:
         yield await self.daemon.reload("requested by reload")
 
     async def clients(self, args: dict[str, Any]) -> Answers:
-        yield {"ok": True, "clients": client_rows(self.daemon.snapshot().desired, await self.daemon.load())}
+        snap = self.daemon.snapshot()
+        yield {"ok": True, "clients": client_rows(snap.desired, await self.daemon.load(), snap.usage)}
 
     async def nodes(self, args: dict[str, Any]) -> Answers:
         """The machines behind this front; `drain` / `undrain` one of them."""

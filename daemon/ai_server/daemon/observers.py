@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
-from ai_server.access import allowlist
 from ai_server.base.errors import HaproxyRuntimeError
 from ai_server.children.proxy import Load
 from ai_server.daemon import background
@@ -28,7 +26,7 @@ from ai_server.observe import gate, health, http, metrics, requests
 from ai_server.observe.alerts import Alerts, Rules, Seen
 from ai_server.observe.dashboard.app import Dashboard, in_flight
 from ai_server.observe.feed import Feed
-from ai_server.observe.records import RecordBus
+from ai_server.observe.records import Record, RecordBus
 from ai_server.observe.snapshot import Snapshot
 from ai_server.observe.webhook import Deliverer
 
@@ -45,6 +43,8 @@ class Daemon(Protocol):
 
     async def engine_samples(self) -> list[tuple[str, str, str, dict[str, str], float]]: ...
 
+    async def usage_section(self) -> dict[str, Any] | None: ...
+
 
 class Observers:
     def __init__(self, daemon: Daemon) -> None:
@@ -55,7 +55,8 @@ class Observers:
         self.records = RecordBus()
         self.feed = Feed()
         self.alerts = Alerts()
-        for subscriber in (requests.log_request, self.recorder.record, self.feed.record, self.alerts.record):
+        self._access_log = True   # [proxy] access_log: the `request` event (metering reads the log either way)
+        for subscriber in (self._log_request, self.recorder.record, self.feed.record, self.alerts.record):
             self.records.subscribe(subscriber)
         self.webhook = Deliverer(host_name())
         self.dashboard = Dashboard(self.feed, self.dashboard_state, lambda: audience(daemon.snapshot().desired),
@@ -70,6 +71,7 @@ class Observers:
     async def apply(self, desired: Desired) -> None:
         """The alert rules and webhook, and where /metrics and the dashboard listen (bound again
         only when that changed)."""
+        self._access_log = desired.config.proxy.access_log
         a = desired.config.alerts
         self.alerts.rules = Rules(a.restarts, a.restart_minutes, a.refusals_per_minute)
         self.webhook.configure(a.webhook, a.format)
@@ -81,10 +83,9 @@ class Observers:
     def close(self) -> None:
         self._http.close()
 
-    def request_logged(self, fields: dict[str, Any], desired: Desired) -> None:
-        """One request HAProxy logged, published as a record (its route: the rule it matched)."""
-        route = allowlist.route(desired.allowlist, str(fields.get("path") or ""))
-        self.records.publish(requests.ended(fields, route, time.time()))
+    def _log_request(self, record: Record) -> None:
+        if self._access_log:
+            requests.log_request(record)
 
     async def scrape(self) -> str:
         snapshot, load = self.daemon.snapshot(), await self.daemon.load()
@@ -104,7 +105,7 @@ class Observers:
             "allowlist": [(rule.path, list(rule.methods)) for rule in desired.allowlist.rules],
             "client_names": [c.name for c in desired.clients.clients],
             "alerts": self.alerts.open_alerts(),
-            "usage": None,
+            "usage": await self.daemon.usage_section(),
         }
 
     async def seen(self) -> Seen:
@@ -112,9 +113,11 @@ class Observers:
         (HAProxy's stats, only on a front)."""
         snapshot = self.daemon.snapshot()
         nodes = await self.daemon.node_rows()
+        usage = snapshot.usage
         return Seen(children=tuple((c.name, c.state.value, c.restarts, c.description) for c in snapshot.children),
                     config_error=snapshot.config_error, tls_problem=None if snapshot.tls is None else snapshot.tls.problem,
-                    nodes=tuple((n["name"], n["state"]) for n in nodes))
+                    nodes=tuple((n["name"], n["state"]) for n in nodes),
+                    quotas=() if usage is None else usage.quotas, ledger_problem=None if usage is None else usage.problem)
 
 
 def audience(desired: Desired) -> gate.Audience:

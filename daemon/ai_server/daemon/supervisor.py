@@ -1,14 +1,17 @@
 """`ai-server run`: one process, one event loop, owning HAProxy and the engine.
 
     run:      state dir ours -> lock -> stop leftovers -> Supervisor.prepare -> serve
-    prepare:  read the config (off the loop) -> preflight -> the children, each handed the Desired
-              it runs -> haproxy.cfg checked. Everything that can refuse to start refuses here.
-    serve:    log receiver, control socket, /metrics -> background tasks (launch first) -> wait
-              for a signal -> shutdown
+    prepare:  read the config (off the loop) -> preflight -> the ledger opened, a new request log
+              (the one a killed supervisor left is read first, in serve) -> the children, each
+              handed the Desired it runs -> haproxy.cfg checked. Everything that can refuse to
+              start refuses here.
+    serve:    control socket, /metrics -> background tasks (launch first; metering reads the
+              request log) -> wait for a signal -> shutdown
     reload:   read, plan (desired.plan), stage (written and checked, nothing running touched),
               then hand each child what it applies; an engine restart runs on its own
     shutdown: mood SHUTDOWN (nothing starts again) -> restarts and warm-ups cancelled -> held
               requests released -> children stopped in reverse priority, inside launchd's 20 s
+              -> what HAProxy logged last read into the ledger
 
 Data flows one way: the supervisor holds the Desired in force and hands it down (`apply`);
 children keep what they were given and never read the supervisor back. What others read of
@@ -53,8 +56,9 @@ from ai_server.daemon.observers import Observers
 from ai_server.desired import Desired
 from ai_server.fleet import nodes
 from ai_server.fleet.fleet import Fleet
-from ai_server.observe import metrics, requests
+from ai_server.observe import metrics
 from ai_server.observe.snapshot import Snapshot, Tls
+from ai_server.observe.usage.metering import Metering, Refused
 
 
 def _now_iso() -> str:
@@ -76,10 +80,11 @@ async def run(paths: Paths, environ: Mapping[str, str] | None = None, clock: Clo
 
 
 class Supervisor:
-    def __init__(self, ctx: Context, desired: Desired, proxy: ProxyChild, engine: EngineChild, fleet: Fleet):
+    def __init__(self, ctx: Context, desired: Desired, proxy: ProxyChild, engine: EngineChild, fleet: Fleet,
+                 metering: Metering):
         self.ctx, self.paths = ctx, ctx.paths
         self.desired = desired
-        self.proxy, self.engine, self.fleet = proxy, engine, fleet
+        self.proxy, self.engine, self.fleet, self.metering = proxy, engine, fleet, metering
         self.log = logs.get()
         self.config_error: str | None = None
         self.loaded_at: str | None = _now_iso()
@@ -100,7 +105,10 @@ class Supervisor:
         proxied = desired.config.proxy.enabled
         fleet = Fleet(ctx.paths)
         fleet.configure(desired.config)
-        proxy = ProxyChild(ctx, desired, programs.haproxy, proxied and haproxy.has_lua(programs.haproxy), fleet)
+        # The request log HAProxy appends to (and the ledger it is read into), before HAProxy.
+        metering = Metering(ctx.paths.state_dir, desired, stats_socket=ctx.paths.haproxy_stats_socket)
+        log_fd = await asyncio.to_thread(metering.prepare)
+        proxy = ProxyChild(ctx, desired, programs.haproxy, proxied and haproxy.has_lua(programs.haproxy), fleet, log_fd)
         engine = EngineChild(ctx, desired, programs.engine, proxy.hold)
         if proxied:
             # A supervisor killed while holding requests leaves "hold 1" behind: start released.
@@ -108,7 +116,7 @@ class Supervisor:
             await asyncio.to_thread(proxy.prepare_tls, desired)
             await fleet.refresh(proxy_running=False, local_url=None)
             await asyncio.to_thread(proxy.install, desired)
-        return cls(ctx, desired, proxy, engine, fleet)
+        return cls(ctx, desired, proxy, engine, fleet, metering)
 
     @property
     def children(self) -> list[Child]:
@@ -150,21 +158,18 @@ class Supervisor:
                 ("engine-models", background.every(nodes.POLL_S, self._refresh_engine_models, "engine_models")),
                 ("tls-renewal", background.renew_certificate(lambda: self.proxy.tls_ready,
                                                              lambda: self.desired.config.proxy.tls == "tailscale", reload)),
+                ("metering", self.metering.run(self.records.publish, self._refuse_over_quota)),
                 *self.observers.tasks()]
 
     @asynccontextmanager
     async def _listening(self) -> AsyncIterator[None]:
-        """The access log's socket, the control socket, /metrics and the dashboard, for as long
-        as we serve."""
-        log_transport = await requests.listen(self.paths.haproxy_log_socket,
-                                              lambda fields: self.observers.request_logged(fields, self.desired))
+        """The control socket, /metrics and the dashboard, for as long as we serve."""
         server = await control.serve(self.paths.control_socket, self.commands.handle)
         await self.observers.apply(self.desired)
         try:
             yield
         finally:
             server.close()
-            log_transport.close()
             self.observers.close()
 
     # -- what others read ------------------------------------------------------------------------
@@ -187,7 +192,8 @@ class Supervisor:
             tls=None if desired.config.proxy.tls != "tailscale" else Tls(
                 getattr(certificate, "domain", None), getattr(certificate, "not_after", None), self.proxy.tls_problem),
             nodes=tuple(sorted(self.fleet.states)), warm=self.engine.warmer.status(),
-            audit_age_s=None if audited is None else self.ctx.clock() - audited, slots=desired.config.engine.slots)
+            audit_age_s=None if audited is None else self.ctx.clock() - audited, slots=desired.config.engine.slots,
+            usage=self.metering.state())
 
     async def node_rows(self) -> list[dict[str, Any]]:
         """A front's nodes: health, models, load (HAProxy's stats); none elsewhere."""
@@ -196,6 +202,10 @@ class Supervisor:
     async def engine_samples(self) -> list[tuple[str, str, str, dict[str, str], float]]:
         """The engine's own metrics, renamed ai_server_engine_*."""
         return [s for model, text in await self.engine.metrics() for s in metrics.engine_samples(text, model)]
+
+    async def usage_section(self) -> dict[str, Any] | None:
+        """The dashboard's usage section, from the ledger (cached, read off the loop)."""
+        return await self.metering.dashboard()
 
     async def load(self) -> Load | None:
         """What HAProxy is carrying now; None when it does not answer."""
@@ -273,6 +283,7 @@ class Supervisor:
                 logs.configure(self.paths.log_file, new.config.log.max_bytes, new.config.log.backups)
             await self.proxy.apply(new, plan, staged)
             self.engine.apply(new, plan, programs.engine)
+            self.metering.apply(new)
             if self.fleet.active:  # `reload` reads every node again, changed or not
                 await self._refresh_nodes()
             await self.observers.apply(new)
@@ -297,6 +308,11 @@ class Supervisor:
     async def _refresh_nodes(self) -> None:
         await self.fleet.refresh(proxy_running=self.proxy.running(), local_url=self.engine.serving_url)
 
+    async def _refuse_over_quota(self, refused: Refused) -> None:
+        """Who is over a quota, into the running proxy (and the map file it starts from)."""
+        if self.desired.config.proxy.enabled:
+            await self.proxy.set_over_quota(refused)
+
     async def _refresh_engine_models(self) -> None:
         """llama-server's model list, cleaned, for the proxy to answer /v1/models with."""
         if answers_models(self.desired.config) and (answer := await self.engine.model_list()) is not None:
@@ -318,6 +334,9 @@ class Supervisor:
         for child in self.children:
             await child.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # HAProxy is gone: what it logged last (streams it cut on the way out) into the ledger.
+        await _settle(self.metering.tick(self.records.publish), "read the request log")
+        self.metering.close()
         self.ctx.records.close()
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from ai_server.base.errors import HaproxyConfigError
 from ai_server.base.files import atomic_write
-from ai_server.haproxy import lua, maps
+from ai_server.haproxy import lua, maps, meter
 from ai_server.haproxy.lua import LUA
 from ai_server.haproxy.maps import MapFile
+from ai_server.haproxy.meter import METER_LUA
 from ai_server.haproxy.render import RenderInput, render
 
 CONFIG = "haproxy.cfg"
@@ -55,6 +56,7 @@ def install(program: str, spec: RenderInput, map_files: list[MapFile], state_dir
     generated = {item.name: item.text() for item in map_files}
     if spec.lua:
         generated[LUA] = lua.source()
+        generated[METER_LUA] = meter.source()
         if not (state_dir / maps.HOLD).exists():
             atomic_write(state_dir / maps.HOLD, maps.hold_map(False).text())
     trial = Path(tempfile.mkdtemp(prefix=TRIAL_DIR, dir=state_dir))

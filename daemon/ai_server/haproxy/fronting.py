@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ai_server.access.clients import FRONT
 from ai_server.config import LOCAL_NODE
-from ai_server.haproxy import maps, names
+from ai_server.haproxy import maps, metering, names
 from ai_server.haproxy.answers import refusal, shape_rules
 from ai_server.haproxy.request import NAME_PATTERN
 from ai_server.haproxy.spec import RenderInput
@@ -97,6 +97,7 @@ def node_backends(spec: RenderInput) -> list[str]:
             "    option redispatch 1",
             "    timeout connect 1s",
             f"    http-error status 503 {gone}",
+        *metering.meter_backend(spec),
             *servers(f"m{i}", backups=True),
             "",
         ]
@@ -108,6 +109,7 @@ def node_backends(spec: RenderInput) -> list[str]:
         "    option redispatch 1",
         "    timeout connect 1s",
         f"    http-error status 503 {gone}",
+        *metering.meter_backend(spec),
         *servers("any_node", backups=False),
     ]
     return lines

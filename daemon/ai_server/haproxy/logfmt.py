@@ -1,7 +1,10 @@
-"""HAProxy's access log, as the supervisor reads it: one line per request, sent as a datagram.
+"""HAProxy's access log, as the supervisor reads it: one line per request, appended to the
+request log file (the spool: see render.py's `log fd@`), and the metering filter's start lines.
 
 Fixed, space-separated fields with the URI last, so nothing in it can shift the others;
-HAProxy escapes control bytes and spaces in a logged URI as #XX.
+HAProxy escapes control bytes and spaces in a logged URI as #XX. Every other field is a number,
+HAProxy's own code, or one of our variables, which hold validated names only (the meter: codes,
+digits and `,=*+!.`).
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 from ai_server.haproxy.names import node_of
 
 LOG_TAG = "ai-server-request"
+START_TAG = "ai-server-start"
+# Every request's id; txn.t_in: when the proxy had its headers (epoch microseconds).
+UNIQUE_ID = "%Ts-%pid-%rt"
 # who (the client) and the model are our variables: validated names, never free text.
-LOG_FORMAT = (f"{LOG_TAG} %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %s %[var(txn.client)] %[var(txn.model)] "
-              "%[var(txn.priority)] %HM %HU")
+LOG_FORMAT = (f"{LOG_TAG} %ID %[var(txn.t_in)] %ci %cp %ST %B %U %TR %Tw %Tc %Tr %Ta %tsc %b %s %[var(txn.client)] "
+              "%[var(txn.model)] %[var(txn.priority)] %[var(txn.meter)] %HM %HU")
 _LOG_FIELDS = LOG_FORMAT.count(" ")
 
 
@@ -30,10 +36,15 @@ def parse_log(line: str) -> dict[str, object] | None:
     parts = line.split(" ", _LOG_FIELDS)
     if len(parts) != _LOG_FIELDS + 1:
         return None
-    (_, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term, backend, server,
-     who, model, priority, method, uri) = parts
+    (_, ident, t_in, client, port, status, bytes_out, bytes_in, t_req, t_queue, t_connect, t_resp, t_active, term,
+     backend, server, who, model, priority, meter, method, uri) = parts
     path, _, query = uri.partition("?")
     return {
+        "id": ident,
+        "t_in_us": _number(t_in),
+        "meter": meter if meter != "-" else None,
+        "backend": backend,
+        "server": server,
         "method": method,
         "path": path,
         "query": query or None,
@@ -57,3 +68,16 @@ def parse_log(line: str) -> dict[str, object] | None:
         "t_response_ms": _number(t_resp),
         "t_total_ms": _number(t_active),
     }
+
+
+def parse_start(line: str) -> dict[str, object] | None:
+    """A start line (the metering filter's, when a generation takes an engine slot), or None."""
+    parts = line.rstrip("\n").split(" ")
+    if len(parts) != 9 or parts[0] != START_TAG:
+        return None
+    _, ident, t0, backend, server, who, model, priority, path = parts
+    started = _number(t0)
+    if started is None:
+        return None
+    return {"id": ident, "t0_us": started, "node": node_of(backend, server), "who": who if who != "-" else "unknown",
+            "model": model if model != "-" else None, "priority": priority if priority != "-" else "normal", "path": path}

@@ -28,6 +28,8 @@ PEERS = "peers.map"
 CLIENTS = "clients.map"
 CLIENT_ROUTES = "client-routes.map"
 CLIENT_MODELS = "client-models.map"
+CLIENT_MAX_MS = "client-max-ms.map"
+QUOTA = "quota.map"
 NODE_MODELS = "node-models.map"
 NODE_UNION = "node-union.map"
 FRONTS = "fronts.map"
@@ -196,11 +198,35 @@ def node_maps(assignment: dict[str, str], answers: dict[str, str]) -> list[MapFi
 
 
 def every_map(allowlist: Allowlist, addresses: Iterable[str], port: int, names: Iterable[str], clients: Clients,
-              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = (),
-              peers_known: bool = True) -> list[MapFile]:
+              peers: Iterable[Peer], ollama: bool, fronts: Iterable[str] = (), peers_known: bool = True,
+              idle_timeout: float = 900.0,
+              over_quota: dict[str, tuple[str, float, int, float, str]] | None = None) -> list[MapFile]:
     """Every map haproxy.cfg reads but the node maps (node_maps: a front's, built by its
     Fleet), in the order they are swapped in: the allowlist's routes before its paths, then
-    Host names, then who may use what."""
+    Host names, then who may use what (and how long, and who is over a quota)."""
     addresses = tuple(addresses)
     return [*allowlist_maps(allowlist), model_paths_map(allowlist), hosts_map(addresses, port, names),
-            *client_maps(clients, allowlist, peers, ollama, peers_known, addresses), fronts_map(fronts)]
+            *client_maps(clients, allowlist, peers, ollama, peers_known, addresses), fronts_map(fronts),
+            max_ms_map(clients, idle_timeout), quota_map(over_quota or {})]
+
+
+# -- usage: max_seconds and quota flags ------------------------------------------------------------
+
+
+def max_ms_map(clients: Clients, idle_timeout: float) -> MapFile:
+    """client -> how long (ms) one generation may hold an engine slot: its max_seconds, never
+    more than proxy.idle_timeout (the server timeout it stands in for). 0: no limit of its own."""
+    named = [(c.name, c.policy) for c in clients.clients] + [(UNKNOWN, clients.defaults)]
+    idle = int(idle_timeout * 1000)
+    return make(CLIENT_MAX_MS, "client -> max_seconds in ms (0: none)",
+                [(n, str(min(p.max_seconds * 1000, idle) if p.max_seconds else 0)) for n, p in named])
+
+
+def quota_map(refused: dict[str, tuple[str, float, int, float, str]]) -> MapFile:
+    """client -> reset epoch|quota|used|limit|resets_at, for each client over a quota: the proxy
+    refuses it (429) until the reset epoch. Numbers and our quota names only."""
+    entries = []
+    for client, (name, used, limit, resets_at, resets_iso) in sorted(refused.items()):
+        shown = f"{used:.3f}".rstrip("0").rstrip(".") if isinstance(used, float) else str(used)
+        entries.append((client, f"{int(resets_at)}|{name}|{shown}|{limit}|{resets_iso}"))
+    return make(QUOTA, "client -> reset epoch|quota|used|limit|resets_at, while it is over a quota", entries)

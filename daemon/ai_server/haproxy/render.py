@@ -15,26 +15,16 @@ a front's node backends and routing in fronting.py; the queue and the engine her
 from __future__ import annotations
 
 from ai_server.config import Config
-from ai_server.haproxy import fronting, lua, maps, request
+from ai_server.haproxy import fronting, lua, maps, meter, metering, request
 from ai_server.haproxy.answers import refusal
-from ai_server.haproxy.logfmt import LOG_FORMAT
 from ai_server.haproxy.lua import HOLD_MS, LUA, OLLAMA, SCAN_MS
 from ai_server.haproxy.maps import HOLD
-from ai_server.haproxy.spec import RenderInput, bind_address, ms
+from ai_server.haproxy.spec import GENERATION_PATHS, RenderInput, bind_address, ms
 
 # Where the supervisor finds them too (paths.Paths): relative here, HAProxy runs in the state dir.
 STATS_SOCKET = "haproxy.sock"
-LOG_SOCKET = "haproxy-log.sock"
 TLS_PEM = "tls.pem"
 GATE_SOCKET = "gate.sock"
-# Requests that make the engine generate, embed or rerank: they wait for one of its slots.
-# Ollama's (native, OpenAI and Anthropic layers) and llama-server's own routes (its legacy and
-# OpenAI-style ones, infill, rerank, transcription). Everything else (model lists, versions,
-# details, tokenize) is cheap and never waits behind them.
-GENERATION_PATHS = ("/v1/chat/completions /v1/completions /v1/messages /v1/responses /v1/embeddings "
-                    "/api/chat /api/generate /api/embed /api/embeddings "
-                    "/completion /completions /chat/completions /responses /infill /embedding /embeddings "
-                    "/rerank /reranking /v1/rerank /v1/reranking /v1/audio/transcriptions /audio/transcriptions")
 PRIORITY_CLASSES = ("interactive", "normal", "batch")
 # Generations in progress: client|model|start (ms since the epoch)|address|port.
 LIVE_TABLE = "live"
@@ -48,7 +38,7 @@ SLOTS_HEADER = "X-Ai-Server-Slots"
 HEADROOM = 8 * 1024 + 64 * 1024 + 32 * 1024
 
 
-__all__ = ["RenderInput", "render", "ollama_names", "queue_limits"]
+__all__ = ["GENERATION_PATHS", "RenderInput", "render", "ollama_names", "queue_limits"]
 
 
 def render(spec: RenderInput) -> str:
@@ -79,10 +69,7 @@ def _global(spec: RenderInput) -> list[str]:
         "    # Files (maps, Lua) are named relative to this file; sockets relative to the state dir,",
         "    # where HAProxy runs.",
         "    default-path config",
-        "    # Access log and HAProxy's own notices go to the supervisor as datagrams. A datagram",
-        "    # socket never blocks the sender: if the supervisor falls behind, lines are dropped,",
-        "    # requests are not held up.",
-        f"    log unix@{LOG_SOCKET} len 8192 format raw local0 info",
+        *metering.log_target(spec),
         "    # Runtime API: maps swapped live, the engine drained before a restart, listening",
         "    # sockets handed to new workers on reload so no connection is refused.",
         f"    stats socket unix@{STATS_SOCKET} mode 600 level admin expose-fd listeners",
@@ -107,6 +94,8 @@ def _global(spec: RenderInput) -> list[str]:
             "    # Lua's memory: a copy of each body being judged (proxy.body_memory_mb) and room.",
             f"    tune.lua.maxmem {lua.maxmem_mb(proxy.body_memory_bytes)}",
             f"    lua-load-per-thread {LUA}",
+            "    # Metering: what each generation cost, read from the engine's answer as it passes.",
+            f"    lua-load-per-thread {meter.METER_LUA}",
         ]
     return lines
 
@@ -148,8 +137,8 @@ def _frontend(spec: RenderInput) -> list[str]:
         lines.append("    # HTTPS with this machine's MagicDNS certificate (tailscale cert), swapped in live on renewal.")
         tls = f" ssl crt {TLS_PEM} alpn http/1.1"
     lines += [f"    bind {bind_address(a, proxy.port)}{tls} proto h1" for a in spec.addresses]
-    lines += [f'    log-format "{LOG_FORMAT}"' if proxy.access_log else "    no log", ""]
-    lines += [*request.rules(spec), *_live()]
+    lines += metering.log_format(spec)
+    lines += [*request.rules(spec), *metering.metered(spec), *_live()]
     if spec.config.fronting:
         return lines + fronting.node_routing(spec)
     lines += _local_routing(spec)  # (a front routes to its own engine through its `local` frontend)
@@ -261,6 +250,7 @@ def _engine_backends(spec: RenderInput) -> list[str]:
         "backend generate",
         "    # The queue: at most engine.parallel generations reach the engine at once; the others",
         "    # wait here, served by priority, at most proxy.queue_timeout (then 503, never a hang).",
+        *metering.meter_backend(spec),
         f"    timeout queue {ms(proxy.queue_timeout)}",
         f"    http-error status 503 {busy}",
         f"    server gate unix@{GATE_SOCKET} maxconn {spec.config.engine.slots} track engine/engine",

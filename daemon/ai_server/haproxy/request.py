@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ai_server.access import policy
 from ai_server.access.allowlist import METHODS
-from ai_server.haproxy import maps
+from ai_server.haproxy import maps, metering
 from ai_server.haproxy.answers import refusal, shape_rules
 from ai_server.haproxy.spec import RenderInput, ms
 
@@ -45,7 +45,7 @@ _CONTROL = "'[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]'"
 
 def rules(spec: RenderInput) -> list[str]:
     return [*shape_rules(), *_request_line(spec), *_host(spec), *_framing(spec), *_identity(spec),
-            *_allowlist(spec), *_limits(spec), *_body(spec), *_model(spec), *_headers(), *_admitted()]
+            *_allowlist(spec), *_limits(spec), *metering.quota(spec), *_body(spec), *_model(spec), *_headers(), *_admitted()]
 
 
 def _request_line(spec: RenderInput) -> list[str]:

@@ -7,6 +7,15 @@ from dataclasses import dataclass
 from ai_server.base.netaddr import parse_ip
 from ai_server.config import Config
 
+# Requests that make the engine generate, embed or rerank: they wait for one of its slots.
+# Ollama's (native, OpenAI and Anthropic layers) and llama-server's own routes (its legacy and
+# OpenAI-style ones, infill, rerank, transcription). Everything else (model lists, versions,
+# details, tokenize) is cheap and never waits behind them.
+GENERATION_PATHS = ("/v1/chat/completions /v1/completions /v1/messages /v1/responses /v1/embeddings "
+                    "/api/chat /api/generate /api/embed /api/embeddings "
+                    "/completion /completions /chat/completions /responses /infill /embedding /embeddings "
+                    "/rerank /reranking /v1/rerank /v1/reranking /v1/audio/transcriptions /audio/transcriptions")
+
 
 @dataclass(frozen=True)
 class RenderInput:
@@ -24,6 +33,9 @@ class RenderInput:
     # node's slots.
     node_states: tuple[tuple[tuple[str, str], str], ...] = ()
     node_slots: tuple[tuple[str, int], ...] = ()
+    # The descriptor the supervisor passes HAProxy the request log on (metering.SPOOL, opened
+    # O_APPEND): HAProxy inherits it at the same number.
+    log_fd: int = 3
 
 
 def bind_address(address: str, port: int) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ai_server.children.proxy import Load
 from ai_server.children.states import State
-from ai_server.observe.records import Ended, Record
+from ai_server.observe.records import ESTIMATED, Ended, Record
 from ai_server.observe.snapshot import Snapshot
 
 # Seconds: LLM requests run from milliseconds (a model list) to minutes (a long generation).
@@ -52,6 +52,11 @@ class Recorder:
         self.first_byte: dict[str, Histogram] = {}
         self.queue_wait: dict[str, Histogram] = {}
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
+        # Metered requests: tokens by client, model and direction; GPU-seconds; time to first token.
+        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.gpu_seconds: dict[tuple[str, str], float] = {}
+        self.first_token: dict[str, Histogram] = {}
+        self.estimated: dict[tuple[str, str], int] = {}
 
     def record(self, record: Record) -> None:
         if not isinstance(record, Ended):
@@ -66,6 +71,19 @@ class Recorder:
             self.first_byte.setdefault(route, Histogram()).observe(response / 1000)
         if record.queued and queued is not None and queued >= 0:
             self.queue_wait.setdefault(record.priority or "normal", Histogram()).observe(queued / 1000)
+        if record.metered:
+            self._metered(record)
+
+    def _metered(self, record: Ended) -> None:
+        model = record.model or ""
+        for direction, count in (("input", record.input_tokens), ("output", record.output_tokens)):
+            key = (record.client, model, direction)
+            self.tokens[key] = self.tokens.get(key, 0) + count
+        self.gpu_seconds[(record.client, model)] = self.gpu_seconds.get((record.client, model), 0.0) + record.gpu_s
+        if record.ttft_ms is not None:
+            self.first_token.setdefault(model, Histogram()).observe(record.ttft_ms / 1000)
+        if record.usage_source == ESTIMATED:
+            self.estimated[(record.client, model)] = self.estimated.get((record.client, model), 0) + 1
 
     def reload(self, ok: bool) -> None:
         self.reloads["ok" if ok else "error"] += 1
@@ -84,6 +102,10 @@ class Live:
     audit_age_s: float | None = None
     proxy_requests: int | None = None
     engine: list[tuple[str, str, str, dict[str, str], float]] = field(default_factory=list)  # name, type, help, labels, value
+    quotas: list[tuple[str, str, float]] = field(default_factory=list)    # client, quota, share used
+    unrecorded: int = 0                                                   # metered, not in the ledger
+    ledger_ok: bool = True
+    log_dropped: int | None = None                                        # HAProxy's DroppedLogs
 
 
 def live(snapshot: Snapshot, load: Load | None, engine: list[tuple[str, str, str, dict[str, str], float]]) -> Live:
@@ -95,6 +117,10 @@ def live(snapshot: Snapshot, load: Load | None, engine: list[tuple[str, str, str
     if load is not None:
         out.inflight, out.queued, out.oldest_wait_s = load.inflight, load.queued, load.oldest_wait_s
         out.clients_inflight, out.proxy_requests = load.clients, load.requests_total
+    if snapshot.usage is not None:
+        usage = snapshot.usage
+        out.quotas, out.unrecorded, out.ledger_ok = list(usage.quotas), usage.unrecorded, usage.problem is None
+        out.log_dropped = usage.log_dropped
     return out
 
 
@@ -171,12 +197,35 @@ def render(recorder: Recorder, live: Live) -> str:
     if live.proxy_requests is not None:
         out.family("ai_server_proxy_requests_total", "counter", "Every request HAProxy received (its own count).",
                    [({}, live.proxy_requests)])
+    _usage(out, recorder, live)
     families: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
     for name, kind, help_text, labels, value in live.engine:
         families.setdefault(name, (kind, help_text, []))[2].append((labels, value))
     for name, (kind, help_text, samples) in sorted(families.items()):
         out.family(name, kind, help_text, samples)
     return "\n".join(out.lines) + "\n"
+
+
+def _usage(out: _Out, recorder: Recorder, live: Live) -> None:
+    out.family("ai_server_tokens_total", "counter", "Tokens of metered requests, as the engine counted them (or estimated), "
+               "by client, model and direction (input, output).",
+               (({"client": c, "model": m, "direction": d}, n) for (c, m, d), n in sorted(recorder.tokens.items())))
+    out.family("ai_server_gpu_seconds_total", "counter", "Seconds metered requests held an engine slot, by client and model.",
+               (({"client": c, "model": m}, round(v, 6)) for (c, m), v in sorted(recorder.gpu_seconds.items())))
+    out.family("ai_server_estimated_requests_total", "counter",
+               "Metered requests whose tokens were estimated (the engine reported none, or nonsense).",
+               (({"client": c, "model": m}, n) for (c, m), n in sorted(recorder.estimated.items())))
+    out.histogram("ai_server_time_to_first_token_seconds",
+                  "From the request to the first body bytes carrying a token, by model.", "model", recorder.first_token)
+    out.family("ai_server_quota_used_ratio", "gauge", "Share of a quota used in its window (1 = all), by client and quota.",
+               (({"client": c, "quota": q}, round(r, 6)) for c, q, r in live.quotas))
+    out.family("ai_server_ledger_ok", "gauge", "1 when the usage ledger is being written.", [({}, 1 if live.ledger_ok else 0)])
+    out.family("ai_server_ledger_unrecorded_requests", "gauge",
+               "Metered requests read but not in the usage ledger (it could not be written).", [({}, live.unrecorded)])
+    if live.log_dropped is not None:
+        out.family("ai_server_log_dropped_total", "counter",
+                   "Log lines HAProxy could not write (its DroppedLogs): requests missing from the request log.",
+                   [({}, live.log_dropped)])
 
 
 # -- the engine's own metrics ----------------------------------------------------------------------

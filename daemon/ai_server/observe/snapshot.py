@@ -16,6 +16,7 @@ from ai_server.children.lifecycle import Snapshot as ChildSnapshot
 from ai_server.children.states import Mood
 from ai_server.children.warm import Warmed
 from ai_server.desired import Desired
+from ai_server.observe.usage.state import UsageState
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Snapshot:
     warm: tuple[Warmed, ...] = ()
     audit_age_s: float | None = None            # since the engine's sockets were last audited
     slots: int = 0                              # the engine's generation slots
+    usage: UsageState | None = None             # the ledger's health, use against quotas
 
     def child(self, name: str) -> ChildSnapshot | None:
         return next((c for c in self.children if c.name == name), None)

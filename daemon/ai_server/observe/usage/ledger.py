@@ -36,7 +36,7 @@ SCHEMA_VERSION = "1"
 HOURLY_DAYS = 35
 BY = ("client", "model", "node", "day", "hour")
 
-_SUMS = ["requests", "errors", "input_tokens", "output_tokens", "gpu_ms", "estimated", "cut",
+_SUMS = ["requests", "errors", "input_tokens", "output_tokens", "gpu_ms", "estimated", "cut", "queue_ms",
          *[f"ttft_{i:02d}" for i in range(TTFT_BUCKETS)]]
 _SUM_COLUMNS = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _SUMS)
 TABLES = ("hourly", "daily", "monthly")
@@ -62,13 +62,14 @@ class Totals:
     gpu_seconds: float
     estimated: int
     cut: int
+    queue_seconds: float      # waited for an engine slot, all of them together
     ttft_p50_ms: float | None
     ttft_p95_ms: float | None
 
     def as_dict(self) -> dict[str, object]:
         return {"key": self.key, "requests": self.requests, "errors": self.errors, "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens, "gpu_seconds": self.gpu_seconds, "estimated": self.estimated,
-                "cut": self.cut, "ttft_p50_ms": self.ttft_p50_ms, "ttft_p95_ms": self.ttft_p95_ms}
+                "cut": self.cut, "queue_seconds": self.queue_seconds, "ttft_p50_ms": self.ttft_p50_ms, "ttft_p95_ms": self.ttft_p95_ms}
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Use:
 
 def _totals(key: str, sums: Sums) -> Totals:
     return Totals(key, sums.requests, sums.errors, sums.input_tokens, sums.output_tokens, round(sums.gpu_ms / 1000, 3),
-                  sums.estimated, sums.cut, percentile(sums.ttft, 0.5), percentile(sums.ttft, 0.95))
+                  sums.estimated, sums.cut, round(sums.queue_ms / 1000, 3), percentile(sums.ttft, 0.5), percentile(sums.ttft, 0.95))
 
 
 def _label(value: object, by: str, group: str, tz: tzinfo) -> str:
@@ -177,9 +178,10 @@ class Ledger:
             except sqlite3.Error as err:
                 raise _translate(err, "written") from None
 
-    def forget_spools(self, keep: str) -> None:
-        """Positions in request logs that are gone (every one but `keep`)."""
-        self._write("DELETE FROM spool WHERE id != ?", (keep,))
+    def forget_spools(self, keep: Iterable[str]) -> None:
+        """Positions in request logs that are gone (every one but those in `keep`)."""
+        kept = list(keep)
+        self._write(f"DELETE FROM spool WHERE id NOT IN ({', '.join('?' * len(kept))})", tuple(kept))
 
     def prune(self, now: float, keep_days: int, tz: tzinfo) -> None:
         """Drop what is older than keep_days (a month is kept whole while any of its days is

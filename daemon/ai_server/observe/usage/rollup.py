@@ -41,6 +41,7 @@ class Sums:
     gpu_ms: int = 0
     estimated: int = 0
     cut: int = 0
+    queue_ms: int = 0        # time waiting for an engine slot
     ttft: list[int] = field(default_factory=lambda: [0] * TTFT_BUCKETS)
 
     def add_record(self, record: Ended) -> None:
@@ -51,6 +52,7 @@ class Sums:
         self.gpu_ms += int(round(record.gpu_s * 1000))
         self.estimated += 1 if record.usage_source == ESTIMATED else 0
         self.cut += 1 if record.cut else 0
+        self.queue_ms += record.t_queue_ms if record.queued and record.t_queue_ms and record.t_queue_ms > 0 else 0
         if record.ttft_ms is not None:
             self.ttft[ttft_bucket(record.ttft_ms)] += 1
 
@@ -62,16 +64,17 @@ class Sums:
         self.gpu_ms += other.gpu_ms
         self.estimated += other.estimated
         self.cut += other.cut
+        self.queue_ms += other.queue_ms
         self.ttft = [a + b for a, b in zip(self.ttft, other.ttft, strict=True)]
 
     def values(self) -> tuple[int, ...]:
         return (self.requests, self.errors, self.input_tokens, self.output_tokens, self.gpu_ms, self.estimated,
-                self.cut, *self.ttft)
+                self.cut, self.queue_ms, *self.ttft)
 
     @classmethod
     def of(cls, values: Sequence[int | None]) -> Sums:
         v = [int(x or 0) for x in values]
-        return cls(*v[:7], ttft=v[7:7 + TTFT_BUCKETS])
+        return cls(*v[:8], ttft=v[8:8 + TTFT_BUCKETS])
 
 
 def key(record: Ended) -> Key:

@@ -1,0 +1,371 @@
+-- ai-server's metering filter (haproxy/meter.py says what and why). A file of the package,
+-- copied as it is into the state dir: nothing in it is generated. What it is told comes as
+-- the filter's arguments in haproxy.cfg (`filter lua.ai_server_meter MAX_JSON STARTS`):
+-- the largest non-streamed answer it reads, and the file its start lines go to.
+-- It reads the engine's answer as it passes and changes none of it.
+-- JSON path -> the short code a count is reported under (observe/usage/meter.py NAMES;
+-- haproxy/meter.py COUNTERS, which tests/unit/test_meter_lua.py holds this to).
+local COUNTERS = {
+  ["done"] = "dn",
+  ["eval_count"] = "ec",
+  ["message.usage.cache_creation_input_tokens"] = "mw",
+  ["message.usage.cache_read_input_tokens"] = "mr",
+  ["message.usage.input_tokens"] = "mi",
+  ["message.usage.output_tokens"] = "mo",
+  ["prompt_eval_count"] = "pe",
+  ["response.usage.input_tokens"] = "ri",
+  ["response.usage.output_tokens"] = "ro",
+  ["timings.cache_n"] = "tc",
+  ["timings.predicted_n"] = "td",
+  ["timings.prompt_n"] = "tp",
+  ["usage.cache_creation_input_tokens"] = "uw",
+  ["usage.cache_read_input_tokens"] = "ur",
+  ["usage.completion_tokens"] = "uc",
+  ["usage.input_tokens"] = "ui",
+  ["usage.output_tokens"] = "uo",
+  ["usage.prompt_tokens"] = "up",
+}
+-- Strings that, non-empty, mean a stream event carries generated text (meter.py TEXT_PATHS).
+local TEXT = {
+  ["choices[].delta.content"] = "t",
+  ["choices[].delta.reasoning"] = "t",
+  ["choices[].delta.reasoning_content"] = "t",
+  ["choices[].delta.tool_calls[].function.arguments"] = "t",
+  ["choices[].delta.tool_calls[].function.name"] = "t",
+  ["choices[].text"] = "t",
+  ["delta"] = "t",
+  ["delta.partial_json"] = "t",
+  ["delta.text"] = "t",
+  ["delta.thinking"] = "t",
+  ["message.content"] = "t",
+  ["message.thinking"] = "t",
+  ["message.tool_calls[].function.name"] = "t",
+  ["response"] = "t",
+  ["thinking"] = "t",
+}
+local find, sub, byte, format, gsub = string.find, string.sub, string.byte, string.format, string.gsub
+local concat = table.concat
+
+-- Every container a wanted path runs through: only those are read, the rest skipped.
+local WANT, THROUGH = {}, {}
+for path, code in pairs(COUNTERS) do WANT[path] = code end
+for path in pairs(TEXT) do WANT[path] = WANT[path] or "t" end
+for path in pairs(WANT) do
+  local at = 1
+  while true do
+    local s, e = find(path, "[%.%[]", at)
+    if not s then break end
+    THROUGH[sub(path, 1, s - 1)] = true
+    if byte(path, s) == 91 then THROUGH[sub(path, 1, s + 1)] = true end
+    at = e + 1
+  end
+end
+
+-- The wall clock, as HAProxy's date() has it (core.now() is its monotonic clock, which drifts
+-- from the date txn.t_in was read from).
+local function now_us(txn)
+  return txn.f:date(0, "us")
+end
+
+-- The start lines' own file (not the access log's: HAProxy writes that at its own offset, which
+-- a second writer would overwrite), opened on first use (a `haproxy -c` never writes to it).
+local spool
+local function spool_line(name, line)
+  if not spool then
+    spool = io.open(name, "a")
+    if not spool then return end
+    spool:setvbuf("full", 8192)
+  end
+  spool:write(line, "\n")
+  spool:flush()
+end
+
+-- JSON, read only where a wanted path goes --------------------------------------------------
+
+local function string_end(s, i)          -- s[i] is '"': the index after its closing quote
+  local j = i + 1
+  while true do
+    local q = find(s, '"', j, true)
+    if not q then return nil end
+    if byte(s, q - 1) ~= 92 then return q + 1 end
+    local k, n = q - 1, 0
+    while byte(s, k) == 92 do n = n + 1; k = k - 1 end
+    if n % 2 == 0 then return q + 1 end
+    j = q + 1
+  end
+end
+
+local function skip(s, i)                 -- s[i] is '{' or '[': the index after its match
+  local depth, pos = 0, i
+  local nq, nb, nc = 0, 0, 0              -- next '"', next '{' or '[', next '}' or ']'
+  while true do
+    if nq and nq < pos then nq = find(s, '"', pos, true) or false end
+    if nb and nb < pos then nb = find(s, "[{%[]", pos) or false end
+    if nc and nc < pos then nc = find(s, "[}%]]", pos) or false end
+    local m = nq
+    if nb and (not m or nb < m) then m = nb end
+    if nc and (not m or nc < m) then m = nc end
+    if not m then return nil end
+    if m == nq then
+      pos = string_end(s, m)
+      if not pos then return nil end
+    elseif m == nb then
+      depth = depth + 1; pos = m + 1
+    else
+      depth = depth - 1; pos = m + 1
+      if depth == 0 then return pos end
+    end
+  end
+end
+
+local value
+
+local function members(s, i, path, found)  -- s[i] is '{'
+  local pos = i + 1
+  while true do
+    pos = find(s, "[^ \t\r\n,]", pos)
+    if not pos then return nil end
+    local c = byte(s, pos)
+    if c == 125 then return pos + 1 end
+    if c ~= 34 then return nil end
+    local e = string_end(s, pos)
+    if not e then return nil end
+    local key = sub(s, pos + 1, e - 2)
+    local colon = find(s, "[^ \t\r\n]", e)
+    if not colon or byte(s, colon) ~= 58 then return nil end
+    pos = find(s, "[^ \t\r\n]", colon + 1)
+    if not pos then return nil end
+    pos = value(s, pos, path == "" and key or path .. "." .. key, found)
+    if not pos then return nil end
+  end
+end
+
+local function elements(s, i, path, found)  -- s[i] is '['; path ends with []
+  local pos = i + 1
+  while true do
+    pos = find(s, "[^ \t\r\n,]", pos)
+    if not pos then return nil end
+    if byte(s, pos) == 93 then return pos + 1 end
+    pos = value(s, pos, path, found)
+    if not pos then return nil end
+  end
+end
+
+value = function(s, pos, path, found)
+  local c = byte(s, pos)
+  local want = WANT[path]
+  if c == 123 or c == 91 then
+    if want then found(path, want, "o") end
+    if c == 123 and THROUGH[path] then return members(s, pos, path, found) end
+    if c == 91 and THROUGH[path .. "[]"] then return elements(s, pos, path .. "[]", found) end
+    return skip(s, pos)
+  elseif c == 34 then
+    local e = string_end(s, pos)
+    if e and want then found(path, want, e - pos > 2 and "S" or "s") end
+    return e
+  end
+  local e = find(s, "[,}%] \t\r\n]", pos) or #s + 1
+  if want then
+    local raw = sub(s, pos, e - 1)
+    if find(raw, "^%-?%d+$") then
+      found(path, want, #raw <= 15 and raw or "L")
+    elseif raw == "true" or raw == "false" then
+      found(path, want, raw == "true" and "T" or "b")
+    elseif raw == "null" then
+      found(path, want, "n")
+    else
+      found(path, want, "f")
+    end
+  end
+  return e
+end
+
+-- The filter -----------------------------------------------------------------------------------
+
+local Meter = {}
+Meter.id = "ai_server_meter"
+Meter.flags = filter.FLT_CFG_FL_HTX
+Meter.__index = Meter
+
+function Meter:new()
+  return setmetatable({}, Meter)
+end
+
+local function safe(text)
+  return text and gsub(text, "[^%w%.%-_:/~@]", "?") or "-"
+end
+
+function Meter:start_analyze(txn, chn)
+  if not chn:is_resp() then return end
+  if not txn:get_var("txn.metered") then return end
+  -- The request left the queue and holds an engine slot (or a node's) from now.
+  self.t0 = now_us(txn)
+  self.max_ms = tonumber(txn:get_var("txn.max_ms") or 0) or 0
+  self.req_bytes = tonumber(txn:get_var("txn.req_bytes") or 0) or 0
+  self.counts, self.last, self.first, self.order = {}, {}, {}, {}
+  self.bytes, self.events, self.texts, self.buf, self.flags = 0, 0, 0, "", ""
+  local f = txn.f
+  spool_line(self.starts, format("ai-server-start %s %d %s %s %s %s %s %s", safe(f:unique_id()), self.t0, safe(f:be_name()),
+    safe(f:srv_name()), safe(txn:get_var("txn.client")), safe(txn:get_var("txn.model")),
+    safe(txn:get_var("txn.priority")), safe(txn:get_var("txn.path"))))
+  filter.register_data_filter(self, chn)
+end
+
+function Meter:http_headers(txn, msg)
+  if not self.t0 or not msg.channel:is_resp() then return end
+  local code = tonumber(msg:get_stline().code) or 0
+  local headers = msg:get_headers()
+  local kind = headers["content-type"] and headers["content-type"][0] or ""
+  local coding = headers["content-encoding"] and headers["content-encoding"][0] or ""
+  kind = string.lower(kind)
+  if code < 200 or code > 299 then
+    self.mode = "err"
+  elseif coding ~= "" and string.lower(coding) ~= "identity" then
+    self.mode = "enc"
+  elseif find(kind, "text/event-stream", 1, true) then
+    self.mode = "sse"
+  elseif find(kind, "ndjson", 1, true) then
+    self.mode = "nd"
+  elseif find(kind, "json", 1, true) then
+    self.mode, self.parts, self.size = "json", {}, 0
+  else
+    self.mode = "raw"
+  end
+end
+
+-- One count seen (code, its raw value or kind): how often, first and last, still in order.
+function Meter:count(code, raw)
+  local n = self.counts[code]
+  if not n then
+    self.counts[code], self.first[code], self.last[code] = 1, raw, raw
+    self.order[#self.order + 1] = code
+    return
+  end
+  self.counts[code] = n + 1
+  local last = self.last[code]
+  if raw ~= last then
+    local a, b = tonumber(last), tonumber(raw)
+    if not (a and b and b >= a) then self.disorder = self.disorder or {}; self.disorder[code] = true end
+    self.mixed = self.mixed or {}; self.mixed[code] = true
+  end
+  self.last[code] = raw
+end
+
+function Meter:read(txn, text)
+  local pos = find(text, "[^ \t\r\n]")
+  if not pos then return end
+  if byte(text, pos) ~= 123 then
+    if sub(text, pos, pos + 5) ~= "[DONE]" then self.bad = true end
+    return
+  end
+  -- Counts from an event count only once all of it has read as JSON.
+  local carries, seen = false, {}
+  local ok = members(text, pos, "", function(path, code, raw)
+    if code == "t" then
+      if raw == "S" then carries = true end
+    else
+      seen[#seen + 1] = code
+      seen[#seen + 1] = raw
+    end
+  end)
+  if not ok then
+    self.bad = true
+    return
+  end
+  for i = 1, #seen, 2 do self:count(seen[i], seen[i + 1]) end
+  self.events = self.events + 1
+  if carries then
+    self.texts = self.texts + 1
+    if not self.t1 then self.t1 = now_us(txn) end
+  end
+end
+
+-- Complete lines of a stream: NDJSON objects, or SSE `data:` payloads.
+function Meter:lines(txn, final)
+  local buf, at = self.buf, 1
+  while true do
+    local nl = find(buf, "\n", at, true)
+    if not nl then break end
+    local line = sub(buf, at, nl - 1)
+    at = nl + 1
+    if self.mode == "nd" then
+      self:read(txn, line)
+    elseif sub(line, 1, 5) == "data:" then
+      self:read(txn, sub(line, 6))
+    end
+  end
+  self.buf = sub(buf, at)
+  if final and #self.buf > 0 then
+    if self.mode == "nd" then
+      self:read(txn, self.buf)
+    elseif sub(self.buf, 1, 5) == "data:" then
+      self:read(txn, sub(self.buf, 6))
+    end
+    self.buf = ""
+  end
+end
+
+function Meter:http_payload(txn, msg)
+  if not self.t0 or not msg.channel:is_resp() then return end
+  local data = msg:body()
+  if not data or #data == 0 then return end
+  self.bytes = self.bytes + #data
+  local mode = self.mode
+  if mode == "sse" or mode == "nd" then
+    self.buf = self.buf .. data
+    self:lines(txn, false)
+    if #self.buf > 1048576 then self.buf, self.bad = "", true end   -- no line is that long
+  else
+    if not self.t1 then self.t1 = now_us(txn) end
+    if mode == "json" then
+      self.size = self.size + #data
+      if self.size <= self.max_json then self.parts[#self.parts + 1] = data else self.parts, self.big = nil, true end
+    end
+  end
+  if self.max_ms > 0 and now_us(txn) - self.t0 > self.max_ms * 1000 then
+    self.cut = true
+    self:finish(txn)
+    error("ai-server: this client's max_seconds is up: the generation is cut")
+  end
+end
+
+function Meter:finish(txn)
+  if self.done then return end
+  self.done = true
+  if self.mode == "sse" or self.mode == "nd" then
+    self:lines(txn, true)
+  elseif self.mode == "json" and self.parts then
+    self:read(txn, concat(self.parts))
+    self.parts = nil
+  end
+  local out = {format("m=%s,q=%d,b=%d,ev=%d,tx=%d,t0=%d,t2=%d", self.mode or "none", self.req_bytes, self.bytes,
+    self.events, self.texts, self.t0, now_us(txn))}
+  if self.max_ms > 0 then out[#out + 1] = format("mx=%d", self.max_ms) end
+  if self.t1 then out[#out + 1] = format("t1=%d", self.t1) end
+  for _, code in ipairs(self.order) do
+    local n = self.counts[code]
+    local item = code .. "=" .. self.last[code]
+    if n > 1 then
+      local how = not (self.mixed and self.mixed[code]) and "=" or (self.disorder and self.disorder[code]) and "!" or "+"
+      item = item .. "*" .. n .. how
+    end
+    out[#out + 1] = item
+  end
+  local flags = (self.bad and "bad." or "") .. (self.big and "big." or "") .. (self.cut and "cut." or "")
+  if flags ~= "" then out[#out + 1] = "x=" .. sub(flags, 1, -2) end
+  txn:set_var("txn.meter", concat(out, ","))
+end
+
+function Meter:end_analyze(txn, chn)
+  if self.t0 and chn:is_resp() then self:finish(txn) end
+end
+
+-- The arguments haproxy.cfg gives: a bad one stops HAProxy at `haproxy -c`, never later.
+core.register_filter("ai_server_meter", Meter, function(meter, args)
+  local max_json, starts = tonumber(args[1]), args[2]
+  if not max_json or max_json < 0 or not starts or not find(starts, "^[%w%._-]+$") then
+    error("ai_server_meter: arguments are MAX_JSON (bytes) and the start lines' file name")
+  end
+  meter.max_json, meter.starts = max_json, starts
+  return meter
+end)
