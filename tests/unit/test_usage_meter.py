@@ -109,7 +109,8 @@ def test_who_cut_a_stream() -> None:
 
 def test_what_is_not_a_generation_or_never_reached_an_engine_is_not_metered() -> None:
     assert not ended("-", path="/v1/models").metered
-    line = LINE.format(status=503, term="sQ--", meter="-", path="/api/chat", queue=-1).replace("generate gate", "generate <NOSRV>")
+    line = LINE.format(status=503, term="sQ--", meter="-", path="/api/chat", queue=-1)
+    line = line.replace("generate gate", "generate <NOSRV>")
     record = parse.record(line, lambda p: p, now=1.0)
     assert record is not None and not record.metered  # type: ignore[union-attr]
     # Reached the engine, but no filter read it (HAProxy without Lua): estimated from its timings.

@@ -28,6 +28,7 @@ from ai_server.observe.dashboard.app import Dashboard, in_flight
 from ai_server.observe.feed import Feed
 from ai_server.observe.records import Record, RecordBus
 from ai_server.observe.snapshot import Snapshot
+from ai_server.observe.usage.metering import Metering
 from ai_server.observe.webhook import Deliverer
 
 
@@ -43,12 +44,10 @@ class Daemon(Protocol):
 
     async def engine_samples(self) -> list[tuple[str, str, str, dict[str, str], float]]: ...
 
-    async def usage_section(self) -> dict[str, Any] | None: ...
-
 
 class Observers:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, daemon: Daemon, metering: Metering) -> None:
+        self.daemon, self.metering = daemon, metering
         self.recorder = metrics.Recorder()
         # Request records (observe/records.py): the `request` log event, metrics, the dashboard's
         # requests, and the alerts (refusals count towards "probing").
@@ -105,7 +104,7 @@ class Observers:
             "allowlist": [(rule.path, list(rule.methods)) for rule in desired.allowlist.rules],
             "client_names": [c.name for c in desired.clients.clients],
             "alerts": self.alerts.open_alerts(),
-            "usage": await self.daemon.usage_section(),
+            "usage": await self.metering.dashboard(),
         }
 
     async def seen(self) -> Seen:

@@ -58,7 +58,7 @@ from ai_server.fleet import nodes
 from ai_server.fleet.fleet import Fleet
 from ai_server.observe import metrics
 from ai_server.observe.snapshot import Snapshot, Tls
-from ai_server.observe.usage.metering import Metering, Refused
+from ai_server.observe.usage.metering import Metering
 
 
 def _now_iso() -> str:
@@ -90,7 +90,7 @@ class Supervisor:
         self.loaded_at: str | None = _now_iso()
         self.commands = Commands(self)
         self.stats_socket = ctx.paths.haproxy_stats_socket
-        self.observers = Observers(self)
+        self.observers = Observers(self, metering)
         self.records = self.observers.records  # request records: subscribe here (observe/records.py)
         self._stopping = asyncio.Event()
         self._reload_wanted = asyncio.Event()
@@ -158,7 +158,7 @@ class Supervisor:
                 ("engine-models", background.every(nodes.POLL_S, self._refresh_engine_models, "engine_models")),
                 ("tls-renewal", background.renew_certificate(lambda: self.proxy.tls_ready,
                                                              lambda: self.desired.config.proxy.tls == "tailscale", reload)),
-                ("metering", self.metering.run(self.records.publish, self._refuse_over_quota)),
+                ("metering", self.metering.run(self.records.publish, self.proxy.set_over_quota)),
                 *self.observers.tasks()]
 
     @asynccontextmanager
@@ -202,10 +202,6 @@ class Supervisor:
     async def engine_samples(self) -> list[tuple[str, str, str, dict[str, str], float]]:
         """The engine's own metrics, renamed ai_server_engine_*."""
         return [s for model, text in await self.engine.metrics() for s in metrics.engine_samples(text, model)]
-
-    async def usage_section(self) -> dict[str, Any] | None:
-        """The dashboard's usage section, from the ledger (cached, read off the loop)."""
-        return await self.metering.dashboard()
 
     async def load(self) -> Load | None:
         """What HAProxy is carrying now; None when it does not answer."""
@@ -307,11 +303,6 @@ class Supervisor:
 
     async def _refresh_nodes(self) -> None:
         await self.fleet.refresh(proxy_running=self.proxy.running(), local_url=self.engine.serving_url)
-
-    async def _refuse_over_quota(self, refused: Refused) -> None:
-        """Who is over a quota, into the running proxy (and the map file it starts from)."""
-        if self.desired.config.proxy.enabled:
-            await self.proxy.set_over_quota(refused)
 
     async def _refresh_engine_models(self) -> None:
         """llama-server's model list, cleaned, for the proxy to answer /v1/models with."""

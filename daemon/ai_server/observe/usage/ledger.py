@@ -69,7 +69,8 @@ class Totals:
     def as_dict(self) -> dict[str, object]:
         return {"key": self.key, "requests": self.requests, "errors": self.errors, "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens, "gpu_seconds": self.gpu_seconds, "estimated": self.estimated,
-                "cut": self.cut, "queue_seconds": self.queue_seconds, "ttft_p50_ms": self.ttft_p50_ms, "ttft_p95_ms": self.ttft_p95_ms}
+                "cut": self.cut, "queue_seconds": self.queue_seconds, "ttft_p50_ms": self.ttft_p50_ms,
+                "ttft_p95_ms": self.ttft_p95_ms}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Use:
 
 def _totals(key: str, sums: Sums) -> Totals:
     return Totals(key, sums.requests, sums.errors, sums.input_tokens, sums.output_tokens, round(sums.gpu_ms / 1000, 3),
-                  sums.estimated, sums.cut, round(sums.queue_ms / 1000, 3), percentile(sums.ttft, 0.5), percentile(sums.ttft, 0.95))
+                  sums.estimated, sums.cut, round(sums.queue_ms / 1000, 3), percentile(sums.ttft, 0.5),
+                  percentile(sums.ttft, 0.95))
 
 
 def _label(value: object, by: str, group: str, tz: tzinfo) -> str:
