@@ -97,7 +97,8 @@ def usage_status(usage: dict[str, Any] | None) -> list[str]:
     lines = []
     ledger = usage["ledger"]
     if not ledger["ok"]:
-        lines.append(f"usage: LEDGER NOT WRITTEN: {ledger['problem']}; {ledger['unrecorded']} requests unrecorded")
+        name = str(ledger["file"]).rsplit("/", 1)[-1]
+        lines.append(f"usage: LEDGER NOT WRITTEN ({name}): {ledger['problem']}; {ledger['unrecorded']} requests unrecorded")
     elif ledger["unrecorded"]:
         lines.append(f"usage: {ledger['unrecorded']} requests were not recorded in the ledger")
     for item in usage["quotas"]:

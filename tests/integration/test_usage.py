@@ -158,8 +158,9 @@ QUOTA_CLIENT = '[[client]]\nname = "kid"\ntoken_sha256 = "{hash}"\ntokens_per_da
 KID = "ais_" + "k" * 43
 
 
-def chat_as(stack: Stack, token: str, stream: bool = False, name: str = "kid") -> httpx.Response:
-    return httpx.post(stack.url("/api/chat"), headers={"Authorization": f"Bearer {token}", "X-Test-Client": name},
+def chat_as(stack: Stack, token: str, stream: bool = False, name: str = "kid", held: bool = False) -> httpx.Response:
+    marked = {"X-Test-Hold": "1"} if held else {}
+    return httpx.post(stack.url("/api/chat"), headers={"Authorization": f"Bearer {token}", "X-Test-Client": name, **marked},
                       json={"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "one two three"}]},
                       timeout=30)
 
@@ -169,13 +170,14 @@ def test_a_quota_crossed_refuses_the_next_request_and_lets_running_ones_finish(m
     the supervisor says the client is refused (quota_exceeded is logged after the proxy's map
     has it), the proxy refuses it, and a stream running across the crossing finishes whole."""
     hold = tmp_path / "hold"
-    stack = metered_stack(make_stack, QUOTA_CLIENT.format(hash=clients.token_hash(KID)), FAKE_OLLAMA_HOLD=str(hold))
+    stack = metered_stack(make_stack, QUOTA_CLIENT.format(hash=clients.token_hash(KID)), FAKE_OLLAMA_HOLD=str(hold),
+                          FAKE_OLLAMA_HOLD_MARKED="1")
     hold.touch()
     held: dict[str, Any] = {}
-    running = threading.Thread(target=lambda: held.update(answer=chat_as(stack, KID, stream=True)))
+    running = threading.Thread(target=lambda: held.update(answer=chat_as(stack, KID, stream=True, held=True)))
     running.start()
-    wait_for(lambda: any(r["target"] == "/api/chat" for r in stack.engine_requests()), 10, what="the held stream running")
-    # Not streamed, so not held: these cross the quota while the stream is still running.
+    wait_for(lambda: stack.engine_load()["held"] == 1, 10, what="the held stream running")
+    # Not marked, so not held: these cross the quota while the stream is still running.
     while sum(p["input"] + p["output"] for p in stack.produced() if p["client"] == "kid") < 30:
         assert chat_as(stack, KID).status_code == 200
     wait_for(lambda: stack.events("quota_exceeded", client="kid"), 10, what="the supervisor refusing kid")
@@ -345,13 +347,10 @@ def test_an_unwritable_ledger_is_said_everywhere_and_caught_up_once_it_can_be_wr
     """The ledger's path cannot be opened (a directory stands there): requests are served and
     logged, status, /metrics and an alert say so, with a count of what is unrecorded; once the
     path is free the ledger is caught up from the request log and the count goes back to 0."""
-    from harness import free_port
     stack = make_stack({"FAKE_OLLAMA_TOKENS": "7"})
     from ai_server.base.tomlfile import default_text
     (stack.config_dir / "allowlist.toml").write_text(default_text("allowlist.toml") + GENERATION_RULES)
     (stack.config_dir / "clients.toml").write_text(CLIENTS)
-    port = free_port()
-    stack.write_config(stack.default_config() + f'\n[metrics]\nlisten = ["127.0.0.1:{port}"]\n')
     blocker = stack.state_dir / "usage.sqlite"
     blocker.mkdir(parents=True)
     stack.start(timers={"ai_server.observe.usage.reader.RETRY_S": 1.0})
@@ -362,7 +361,7 @@ def test_an_unwritable_ledger_is_said_everywhere_and_caught_up_once_it_can_be_wr
     assert "LEDGER NOT WRITTEN" in stack.cli("status").stdout
     assert stack.events("ledger_failed")
     wait_for(lambda: stack.events("alert", condition="ledger", state="firing"), 10, what="the ledger alert")
-    exposition = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    exposition = httpx.get(stack.metrics_url + "/metrics", timeout=5).text
     assert "ai_server_ledger_ok 0" in exposition and "ai_server_ledger_unrecorded_requests 5" in exposition
     assert len(stack.events("request", path="/api/chat")) == 5
     blocker.rmdir()

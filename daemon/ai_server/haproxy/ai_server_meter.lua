@@ -187,8 +187,10 @@ Meter.id = "ai_server_meter"
 Meter.flags = filter.FLT_CFG_FL_HTX
 Meter.__index = Meter
 
+-- `self` is the class as the configuration function returned it (with max_json and starts):
+-- HAProxy hands each filter declaration its own copy, so they are read from it, not from Meter.
 function Meter:new()
-  return setmetatable({}, Meter)
+  return setmetatable({max_json = self.max_json, starts = self.starts}, Meter)
 end
 
 local function safe(text)

@@ -113,6 +113,7 @@ class Metering:
         loop); then quotas and housekeeping. Start lines first: a request that began and ended
         since the last look is published in that order."""
         route_of, tz, reader = self._route_of(), self.tz, self.reader
+        reader.say()
         for started in await asyncio.to_thread(reader.started, route_of):
             if started.id not in self._ended_ids:
                 publish(started)

@@ -61,6 +61,7 @@ class Reader:
         self.unrecorded = 0              # metered requests read but not in the ledger
         self.problem: str | None = None  # why the ledger is not written, while it is not
         self._retry_at = 0.0
+        self._said = False               # ledger_failed logged for the problem now
 
     @property
     def path(self) -> Path:
@@ -133,14 +134,14 @@ class Reader:
         A ledger that lags (it could not be written) is caught up first."""
         if self.ledger is not None and self.clock() >= self._retry_at:
             self._catch_up(route_of, tz)
-        while self.spools:
-            spool = self.spools[0]
+        # (An old request log read to its end stays listed while the ledger lags behind it:
+        # it is passed over here, not read again, and goes once the catch-up commits it.)
+        for spool in list(self.spools):
             records, end = self._parse(spool, spool.read_at, route_of)
             if end > spool.read_at:
                 return Batch(records, spool, spool.read_at, end)
-            if spool is self.current:
-                return None
-            self._finished(spool)
+            if spool is not self.current:
+                self._finished(spool)
         return None
 
     def _parse(self, spool: Spool, offset: int, route_of: RouteOf, until: int | None = None) -> tuple[list[Record], int]:
@@ -231,16 +232,21 @@ class Reader:
 
     def _fail(self, problem: str) -> None:
         self._retry_at = self.clock() + RETRY_S
-        if self.problem is None:
-            # (The `alert` event is the alerts engine's, from Seen.ledger_problem.)
-            self.log.error("ledger_failed", error=problem, file=self.path.name,
-                           reason="requests are still served and logged; the ledger misses them until it is written again")
         self.problem = problem
+
+    def say(self) -> None:
+        """The `ledger_failed` event, once per problem: said from metering's tick, not where
+        it fails, since a ledger found broken in prepare() is found before the log is set up.
+        (The `alert` event is the alerts engine's, from Seen.ledger_problem.)"""
+        if self.problem is not None and not self._said:
+            self._said = True
+            self.log.error("ledger_failed", error=self.problem, file=self.path.name,
+                           reason="requests are still served and logged; the ledger misses them until it is written again")
 
     def _recovered(self) -> None:
         if self.problem is not None:
             self.log.info("ledger_recovered", file=self.path.name, unrecorded=self.unrecorded)
-            self.problem = None
+            self.problem, self._said = None, False
 
     # -- housekeeping -------------------------------------------------------------------------
 
@@ -272,7 +278,12 @@ class Reader:
             return {}
 
     def close(self) -> None:
+        """At shutdown, HAProxy gone: a request log the ledger holds whole is removed (the next
+        supervisor would otherwise read it again, wholly, were the ledger lost meanwhile)."""
         for spool in [*self.spools, *([self.starts] if self.starts else [])]:
+            whole = self.ledger is not None and self.problem is None and spool.committed == spool.read_at == spool.size()
             spool.close()
+            if whole and spool in self.spools:
+                spool.path.unlink(missing_ok=True)
         if self.ledger is not None:
             self.ledger.close()
