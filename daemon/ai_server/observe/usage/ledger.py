@@ -241,7 +241,12 @@ class Ledger:
             "SUM(input_tokens + output_tokens), SUM(CASE WHEN start >= ? THEN gpu_ms ELSE 0 END) "
             "FROM daily WHERE start >= ? AND start < ? GROUP BY client",
             (today, today, windows.midnight(month.first_day, tz), month.resets_at))
-        return {str(c): Use(int(t or 0), int(m or 0), round(int(g or 0) / 1000, 3)) for c, t, m, g in rows}
+        return {str(c): Use(_int(t), _int(m), round(_int(g) / 1000, 3)) for c, t, m, g in rows}
+
+
+def _int(value: object) -> int:
+    """A SUM() SQLite gave back: an int, or NULL for no rows."""
+    return value if isinstance(value, int) else 0
 
 
 def plan(since: float, until: float, by: str, tz: tzinfo) -> list[tuple[str, int, float]]:

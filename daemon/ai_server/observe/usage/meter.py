@@ -150,7 +150,9 @@ def _sum(*values: int | None) -> int:
 def _engine_counts(shape: str, r: Reading) -> tuple[int | None, int | None, bool]:
     """(input, output, final): the engine's counts for this shape, and whether its final count
     came. _Nonsense for a count that cannot be used."""
-    c = lambda code: _count(r, code)  # noqa: E731
+    def c(code: str) -> int | None:
+        return _count(r, code)
+
     if shape == "ollama":
         done = r.counts.get("dn")
         final = (done is not None and done.kind == "T") or "ec" in r.counts

@@ -26,6 +26,7 @@ from typing import Any
 from ai_server.access import allowlist
 from ai_server.base import logs
 from ai_server.base.errors import HaproxyRuntimeError, LedgerError
+from ai_server.base.zones import zone
 from ai_server.desired import Desired
 from ai_server.haproxy import runtime
 from ai_server.observe.dashboard import usage as dashboard_usage
@@ -79,7 +80,7 @@ class Metering:
     def tz(self) -> tzinfo:
         name = self.desired.config.usage.timezone
         if self._zone is None or self._zone[0] != name:
-            self._zone = (name, windows.zone(name))
+            self._zone = (name, zone(name))
         return self._zone[1]
 
     def prepare(self) -> int:

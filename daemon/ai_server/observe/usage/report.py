@@ -57,7 +57,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _cells(r: Totals, ttft: bool = True) -> tuple[str, ...]:
+def _cells(r: Totals, ttft: bool = True) -> tuple[str, str, str, str, str, str, str, str, str, str]:
     return (r.key, str(r.requests), str(r.errors), str(r.input_tokens), str(r.output_tokens), f"{r.gpu_seconds:.1f}",
             f"{r.queue_seconds:.1f}", str(r.estimated), _ms(r.ttft_p50_ms) if ttft else "", _ms(r.ttft_p95_ms) if ttft else "")
 

@@ -74,7 +74,8 @@ class Sums:
     @classmethod
     def of(cls, values: Sequence[int | None]) -> Sums:
         v = [int(x or 0) for x in values]
-        return cls(*v[:8], ttft=v[8:8 + TTFT_BUCKETS])
+        requests, errors, given, output, gpu_ms, estimated, cut, queue_ms = v[:8]
+        return cls(requests, errors, given, output, gpu_ms, estimated, cut, queue_ms, ttft=v[8:8 + TTFT_BUCKETS])
 
 
 def key(record: Ended) -> Key:
