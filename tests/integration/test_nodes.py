@@ -276,7 +276,9 @@ def test_the_fronts_own_engine_is_one_more_node(build: Any) -> None:
     assert [json.loads(r["body"])["model"] for r in local] == ["phi3:mini"]
     listed = httpx.get(fleet.front.url("/v1/models"), timeout=5).json()
     assert sorted(m["id"] for m in listed["data"]) == ["phi3:mini", "qwen2.5-coder:7b", "smollm2:135m"]
-    events = wait_for(lambda: fleet.front.events("request", path="/v1/chat/completions", status=200), what="events")
+    # Both answers are in; their log lines may be read in different passes over the request log.
+    events = wait_for(lambda: len(e := fleet.front.events("request", path="/v1/chat/completions", status=200)) == 2 and e,
+                      what="both request events")
     assert sorted(e["node"] for e in events) == ["local", "n1"]
 
 
