@@ -12,12 +12,14 @@ import httpx
 import pytest
 
 from ai_server.access import clients
+from ai_server.observe.dashboard import view
 from harness import Stack, browser, finish, have_browser, wait_for
 
 pytestmark = pytest.mark.skipif(not have_browser(), reason="needs chromium and chromium-driver (.ci/dev test installs them)")
 
 TOKEN = "ais_" + "L" * 43
-STREAM = {"model": "smollm2:135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+STREAM = {"model": "smollm2:135m", "stream": True, "stream_options": {"include_usage": True},
+          "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
 
         def generate() -> None:
             with httpx.stream("POST", stack.url("/v1/chat/completions"), json=STREAM, timeout=60,
-                              headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                              headers={"Authorization": f"Bearer {TOKEN}", "X-Test-Client": "laptop"}) as response:
                 response.read()
                 answers.append(response.status_code)
 
@@ -95,6 +97,14 @@ def test_a_generation_appears_while_it_runs_and_fills_in_when_it_ends(dash: tupl
         done = wait_for(finished, what="the same row filled in")
         cells = done.split()
         assert "200" in cells and "POST" in cells
+        # Its tokens are what the engine said it produced, and they reach the usage charts.
+        produced = [p for p in stack.produced() if p["client"] == "laptop"]
+        assert len(produced) == 1
+        texts = driver.execute_script("return [...document.getElementById(arguments[0]).cells].map(c => c.innerText);", row_id)
+        head = list(view.REQUEST_HEAD)
+        assert texts[head.index("tokens in")] == f"{produced[0]['input']:,}"
+        assert texts[head.index("tokens out")] == f"{produced[0]['output']:,}"
+        wait_for(lambda: "laptop" in text_of(driver, "usage"), what="laptop's tokens in today's usage")
         wait_for(lambda: "nobody is generating" in text_of(driver, "calling"), what="nobody calling any more")
         assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
 

@@ -187,6 +187,9 @@ def test_a_quota_crossed_refuses_the_next_request_and_lets_running_ones_finish(m
     running.join(30)
     assert held["answer"].status_code == 200 and '"done":true' in held["answer"].text
     assert stack.events("quota_warning", client="kid")
+    # Both crossings are alerts too (80% and 100%), firing until the window resets.
+    for condition in ("quota_warning", "quota_exhausted"):
+        wait_for(lambda c=condition: stack.events("alert", condition=c, state="firing"), 10, what=f"the {condition} alert")
     body = refused.json()
     assert body["client"] == "kid" and body["reason"] == body["quota"] == "tokens_per_day"
     assert body["used"] >= 30 and body["limit"] == 30 and body["resets_at"].endswith(("Z", ":00"))
