@@ -25,7 +25,12 @@ def parse_since(text: str, now: float, tz: tzinfo) -> float:
     date and time (2026-11-01T08:00, local unless it says its offset)."""
     found = _AGO.fullmatch(text.strip())
     if found:
-        return now - int(found.group(1)) * _UNITS[found.group(2)]
+        since = now - int(found.group(1)) * _UNITS[found.group(2)]
+        try:  # "999999w" is before year 1: no date can say it
+            datetime.fromtimestamp(since, tz)
+        except (ValueError, OverflowError, OSError):
+            raise AiServerError(f"--since {text!r}: further back than any date") from None
+        return since
     try:
         if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
             return windows.midnight(text, tz)
