@@ -20,8 +20,8 @@ from typing import Any
 from ai_server.observe.records import Ended, Record, Started
 
 KEEP = 200
-# An entry gone from the live table whose record never came (the access log drops lines
-# under bursts): after this long its row is closed as "not logged".
+# An entry gone from the live table whose record never came (a HAProxy worker killed with -9
+# writes no line for what it carried): after this long its row is closed as "not logged".
 UNLOGGED_AFTER_S = 5.0
 
 

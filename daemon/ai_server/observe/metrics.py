@@ -6,8 +6,8 @@ what is in flight, warm-ups, the loopback audit) are read when Prometheus scrape
 engine's own metrics where it has them (llama-server --metrics), renamed ai_server_engine_*
 with the model as a label.
 
-The access log travels as datagrams and is dropped rather than allowed to slow HAProxy down, so
-under a burst the supervisor cannot keep up with, request counters can lag HAProxy's own;
+The access log is a file HAProxy appends to and the supervisor reads every 0.1 s: request
+counters lag HAProxy's own by at most that read, and lose nothing;
 ai_server_proxy_requests_total is HAProxy's count of every request, for comparison.
 """
 
