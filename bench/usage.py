@@ -13,7 +13,11 @@ processes, one as generated and one with the metering filter's line deleted (the
 switch for it: metering is always on). Requests alternate between the two, so drift on the
 machine hits both alike.
 
-    .venv/bin/python bench/usage.py [--streams 40] [--big 20] [--requests 2000000]
+The stand-in answers in about 1.5 ms, so what the proxy adds shows at its largest. With
+`--engine llama` the streams go to llama-server serving SmolLM2 135M (the demo's engine) instead,
+as a client sees them; that run measures only the streams.
+
+    .venv/bin/python bench/usage.py [--streams 150] [--big 20] [--requests 2000000] [--engine llama]
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ablate import HOST, start_copy  # noqa: E402
+from ablate import HOST, cpu_seconds, start_copy  # noqa: E402
 from stats import percentile  # noqa: E402
 
 from ai_server.access import clients as clients_mod  # noqa: E402
 from ai_server.observe.records import Ended  # noqa: E402
 from ai_server.observe.usage.ledger import FILE, Ledger  # noqa: E402
-from harness import Stack, dispose, new_stack, port_open, wait_for  # noqa: E402
+from harness import Stack, dispose, llama_config, llama_model, new_stack, port_open, wait_for  # noqa: E402
 
 MODEL = "smollm2:135m"
 TOKENS = 32
@@ -56,16 +60,18 @@ def proxies(stack: Stack, procs: list[subprocess.Popen[bytes]]) -> dict[str, tup
     off = re.sub(r"^    filter lua\.ai_server_meter .*$", "", cfg, flags=re.M)
     assert off != cfg, "no metering filter in haproxy.cfg"
     out = {}
-    for i, (name, text) in enumerate((("on", cfg), ("off", off))):
+    # "off again" is the same as "off": how far two identical proxies differ is the noise floor.
+    for i, (name, text) in enumerate((("on", cfg), ("off", off), ("off again", off))):
         proc, out[name] = start_copy(stack, i, text)
         procs.append(proc)
     return out
 
 
-def stream(addr: tuple[str, int]) -> tuple[float, list[float]]:
+def stream(addr: tuple[str, int], model: str = MODEL, least: int = TOKENS // 2) -> tuple[float, list[float]]:
     """One streamed chat: ms to the first content chunk, and the gaps between chunks."""
     conn = http.client.HTTPConnection(*addr, timeout=30)
-    body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    body = json.dumps({"model": model, "stream": True, "max_tokens": TOKENS, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Count from one to forty in words."}]})
     start = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body=body, headers={"Host": HOST, "Content-Type": "application/json"})
     response = conn.getresponse()
@@ -76,7 +82,7 @@ def stream(addr: tuple[str, int]) -> tuple[float, list[float]]:
         if line.startswith(b"data: {") and b'"content":"' in line:
             times.append(time.perf_counter())
     conn.close()
-    assert len(times) >= TOKENS // 2, len(times)
+    assert len(times) >= least, len(times)
     return (times[0] - start) * 1000, [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
 
 
@@ -174,39 +180,60 @@ def quota_refusals(rounds: int) -> list[float]:
 
 
 def report(args: argparse.Namespace) -> None:
+    llama = args.engine == "llama"
     stack = new_stack({"FAKE_OLLAMA_TOKENS": str(TOKENS), "FAKE_OLLAMA_TOKEN_DELAY": str(TOKEN_DELAY)})
-    stack.write_config(stack.default_config().replace("[proxy]\n", f'[proxy]\nserver_names = ["{HOST}"]\n'))
+    config = llama_config(stack) if llama else stack.default_config()
+    stack.write_config(config.replace("[proxy]\n", f'[proxy]\nserver_names = ["{HOST}"]\n'))
+    model, least = (llama_model(), 1) if llama else (MODEL, TOKENS // 2)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         stack.start()
+        if llama:
+            stack.wait_warm()
         targets = proxies(stack, procs)
         for addr in targets.values():
             wait_for(lambda addr=addr: port_open(*addr), what="the proxy listening")
-            stream(addr)
-        ttft: dict[str, list[float]] = {"on": [], "off": []}
-        gaps: dict[str, list[float]] = {"on": [], "off": []}
-        for i in range(args.streams):
-            for name in (("on", "off") if i % 2 else ("off", "on")):
-                first, between = stream(targets[name])
+            stream(addr, model, least)
+        # In a new random order each round, so neither drift nor a fixed order favours one.
+        rng = random.Random(11)
+        names = list(targets)
+        ttft: dict[str, list[float]] = {name: [] for name in names}
+        gaps: dict[str, list[float]] = {name: [] for name in names}
+        pids = dict(zip(names, (proc.pid for proc in procs), strict=True))
+        cpu = {name: cpu_seconds([pids[name]]) for name in names}
+        for _ in range(args.streams):
+            for name in rng.sample(names, len(names)):
+                first, between = stream(targets[name], model, least)
                 ttft[name].append(first)
                 gaps[name] += between
-        bigs: dict[str, list[float]] = {"on": [], "off": []}
-        for i in range(args.big):
-            for name in (("on", "off") if i % 2 else ("off", "on")):
+        cpu = {name: (cpu_seconds([pids[name]]) - cpu[name]) / args.streams * 1e6 for name in names}
+        bigs: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(0 if llama else args.big):
+            for name in rng.sample(names, len(names)):
                 bigs[name].append(big(targets[name]))
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
         dispose(stack)
-    print(f"{args.streams} streams of {TOKENS} tokens ({TOKEN_DELAY * 1000:g} ms apart) and {args.big} answers of "
-          f"2 MiB each way, alternating\n")
-    print("| | metering on | metering off | on − off |")
-    print("| --- | --- | --- | --- |")
-    for label, on, off in (("stream: time to first token p50 ms", percentile(ttft["on"], 50), percentile(ttft["off"], 50)),
-                           ("stream: chunk gap p99 ms", percentile(gaps["on"], 99), percentile(gaps["off"], 99)),
-                           ("2 MiB answer, median ms", statistics.median(bigs["on"]), statistics.median(bigs["off"]))):
-        print(f"| {label} | {on:.3f} | {off:.3f} | {on - off:+.3f} |")
+    if llama:
+        print(f"{args.streams} streams each way from llama-server ({model}, up to {TOKENS} tokens), alternating\n")
+    else:
+        print(f"{args.streams} streams of {TOKENS} tokens ({TOKEN_DELAY * 1000:g} ms apart) and {args.big} answers of "
+              f"2 MiB each way, alternating\n")
+    rows = [("stream: time to first token p50 ms", {k: percentile(v, 50) for k, v in ttft.items()}),
+            ("stream: chunk gap p99 ms", {k: percentile(v, 99) for k, v in gaps.items()}),
+            ("stream: HAProxy CPU per stream µs", cpu)]
+    if bigs["on"]:
+        rows.append(("2 MiB answer, median ms", {k: statistics.median(v) for k, v in bigs.items()}))
+    print("| | metering on | metering off | off again | on − off | (on − off) / off | noise: off again − off |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, v in rows:
+        on, off, again = v["on"], v["off"], v["off again"]
+        print(f"| {label} | {on:.3f} | {off:.3f} | {again:.3f} | {on - off:+.3f} | {(on - off) / off:+.1%} | "
+              f"{again - off:+.3f} |")
+    if llama:
+        return
 
     waits = quota_refusals(args.quotas)
     print(f"\nQuota crossed to refused ({args.quotas} clients, tokens_per_day = 200, requests back to back): "
@@ -239,10 +266,12 @@ def _python_startup() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--streams", type=int, default=40, help="streams each way")
+    parser.add_argument("--streams", type=int, default=150, help="streams each way")
     parser.add_argument("--big", type=int, default=20, help="2 MiB answers each way")
     parser.add_argument("--quotas", type=int, default=5, help="clients crossing a quota")
     parser.add_argument("--requests", type=int, default=2_000_000, help="requests in the year's ledger")
+    parser.add_argument("--engine", choices=("standin", "llama"), default="standin",
+                        help="stream from the Ollama stand-in (default) or from llama-server")
     report(parser.parse_args())
     return 0
 
