@@ -92,6 +92,12 @@ def with_tailnet(desired: Desired, previous: Desired | None = None) -> Desired:
     # HTTPS needs this machine's MagicDNS name.
     wanted = "tailscale" in listen or desired.clients.clients or desired.config.proxy.tls == "tailscale"
     found = tailnet.detect(previous.tailnet_view if previous else None) if wanted else tailnet.Detection(peers_known=True)
+    return with_view(desired, found)
+
+
+def with_view(desired: Desired, found: tailnet.Detection) -> Desired:
+    """`desired` with a tailnet view already read: nothing from the files is read again. Pure."""
+    listen = desired.config.proxy.listen
     return replace(desired, addresses=tailnet.resolve_listen(listen, found.addresses), names=found.names,
                    tailnet_problem=found.problem if "tailscale" in listen else None, peers=found.peers,
                    cert_domains=found.cert_domains, tailnet_view=found)

@@ -11,9 +11,11 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ai_server import desired as desired_mod
+from ai_server.access import tailnet
 from ai_server.base import logs
 from ai_server.desired import Desired
 from ai_server.haproxy import tls
@@ -30,6 +32,8 @@ SETTLE_S = 2.0
 SETTLE_POLL_S = 0.05
 
 Reload = Callable[[str], Awaitable[None]]
+# Applies a new tailnet view to the config in force, without reading the files again.
+ApplyTailnet = Callable[[tailnet.Detection, str], Awaitable[None]]
 
 
 async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,
@@ -91,23 +95,34 @@ async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:
         await reload(why)
 
 
-async def follow_tailnet(current: Callable[[], Desired], reload: Reload) -> None:
-    """A reload when the tailnet addresses, names or peers change: the proxy binds a new
-    address when it appears, and never falls back to anything else."""
+def identity(view: tailnet.Detection) -> tailnet.Detection:
+    """What of a tailnet view identity and binding use: a peer's HostName is what the device
+    says about itself, shown to people only, and any device may change it at will. Pure."""
+    return replace(view, peers=tuple(replace(p, host_name="") for p in view.peers))
+
+
+async def follow_tailnet(current: Callable[[], Desired], apply: ApplyTailnet) -> None:
+    """The new tailnet view applied when the tailnet addresses, names or peers change: the
+    proxy binds a new address when it appears, and never falls back to anything else. The
+    config files are not read here: a device on the tailnet can make its view change at will,
+    and must not make a half-saved file apply."""
     log = logs.get()
     while True:
         await asyncio.sleep(TAILNET_POLL_S)
-        old = current()
-        # The tailnet's peers matter as soon as clients.toml names one.
-        if "tailscale" not in old.config.proxy.listen and not old.clients.clients:
-            continue
-        # The last view goes in too: a CLI that fails keeps the peers it last gave.
-        now = await asyncio.to_thread(desired_mod.with_tailnet, old, old)
-        if now.tailnet_view != old.tailnet_view:
-            log.info("tailnet_changed", old=list(old.addresses), new=list(now.addresses), names=list(now.names),
-                     problem=now.tailnet_problem, peers=len(now.peers), peers_known=now.peers_known,
-                     stale_since=now.tailnet_view.stale_since, cli_problem=now.tailnet_view.cli_problem)
-            await reload("tailnet changed")
+        try:
+            old = current()
+            # The tailnet's peers matter as soon as clients.toml names one.
+            if "tailscale" not in old.config.proxy.listen and not old.clients.clients:
+                continue
+            # The last view goes in too: a CLI that fails keeps the peers it last gave.
+            now = await asyncio.to_thread(desired_mod.with_tailnet, old, old)
+            if identity(now.tailnet_view) != identity(old.tailnet_view):
+                log.info("tailnet_changed", old=list(old.addresses), new=list(now.addresses), names=list(now.names),
+                         problem=now.tailnet_problem, peers=len(now.peers), peers_known=now.peers_known,
+                         stale_since=now.tailnet_view.stale_since, cli_problem=now.tailnet_view.cli_problem)
+                await apply(now.tailnet_view, "tailnet changed")
+        except Exception as err:  # one bad pass must not end following the tailnet for good
+            log.exception("tailnet_failed", error=str(err))
 
 
 async def every(seconds: float, work: Callable[[], Awaitable[None]], what: str) -> None:

@@ -31,7 +31,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -39,6 +39,7 @@ from typing import Any
 
 from ai_server import desired as desired_mod
 from ai_server import haproxy
+from ai_server.access import tailnet
 from ai_server.base import logs
 from ai_server.base.errors import AiServerError, ConfigError, HaproxyRuntimeError
 from ai_server.base.files import private_dir
@@ -153,7 +154,7 @@ class Supervisor:
                 ("config-watcher", background.watch_config(self.paths.config_dir, self._stopping, reload)),
                 ("hold", self.proxy.hold.run()),
                 ("reload-signal", background.reload_on(self._reload_wanted, reload, "SIGHUP")),
-                ("tailnet", background.follow_tailnet(desired, reload)),
+                ("tailnet", background.follow_tailnet(desired, self._apply_tailnet_guarded)),
                 ("nodes", background.every(nodes.POLL_S, self._refresh_nodes, "nodes_refresh")),
                 ("engine-models", background.every(nodes.POLL_S, self._refresh_engine_models, "engine_models")),
                 ("tls-renewal", background.renew_certificate(lambda: self.proxy.tls_ready,
@@ -257,7 +258,22 @@ class Supervisor:
     # -- reload ----------------------------------------------------------------------------------
 
     async def reload(self, why: str) -> dict[str, Any]:
-        """Re-read the files; apply what changed; on any error keep the last good config.
+        """Re-read the files; apply what changed; on any error keep the last good config."""
+        return await self._apply(why, lambda: desired_mod.read(self.paths.config_dir, self.desired))
+
+    async def apply_tailnet(self, view: tailnet.Detection, why: str) -> dict[str, Any]:
+        """The config in force with a new tailnet view, the files not read again: a tailnet
+        change (which a device can cause at will) must never apply a file caught half-saved."""
+        return await self._apply(why, lambda: desired_mod.with_view(self.desired, view))
+
+    async def _apply_tailnet_guarded(self, view: tailnet.Detection, why: str) -> None:
+        try:
+            await self.apply_tailnet(view, why)
+        except Exception:
+            self.log.exception("reload_failed", trigger=why)
+
+    async def _apply(self, why: str, read: Callable[[], Desired]) -> dict[str, Any]:
+        """What `read` gives (called under the lock, off the loop), planned, staged and applied.
 
         The lock covers reading, checking and the proxy; an engine restart only begins here,
         so a save is never queued behind a drain."""
@@ -265,7 +281,7 @@ class Supervisor:
             if self.ctx.mood.shutting_down:
                 return {"ok": False, "error": "ai-server is shutting down"}
             try:
-                new = await asyncio.to_thread(desired_mod.read, self.paths.config_dir, self.desired)
+                new = await asyncio.to_thread(read)
                 plan = desired_mod.plan(self.desired, new, self.paths.config_file.name)
                 programs = preflight.check(new, self.ctx.environ, running=self.desired)
                 if plan.nodes:
