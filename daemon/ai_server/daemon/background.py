@@ -39,15 +39,13 @@ ApplyTailnet = Callable[[tailnet.Detection, str], Awaitable[None]]
 async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,
                        clock: Callable[[], float] = time.monotonic) -> None:
     """A reload for every save (editors save by renaming; watchfiles sees that too), once no
-    file is caught half-saved."""
+    file is caught half-saved (`reload` settles: Supervisor.reload, for every trigger)."""
     import watchfiles
 
     config_dir.mkdir(parents=True, exist_ok=True)
-    sizes = config_sizes(config_dir)
     async for changes in watchfiles.awatch(config_dir, debounce=100, step=50, stop_event=stop,
                                            watch_filter=lambda _, p: os.path.basename(p) in CONFIG_FILES):
         files = sorted({os.path.basename(p) for _, p in changes})
-        sizes = await settle(config_dir, sizes, clock)
         await reload(f"saved {', '.join(files)}")
 
 

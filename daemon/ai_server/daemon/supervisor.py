@@ -97,6 +97,9 @@ class Supervisor:
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
+        # Each config file's size when last read: a reload from any trigger (save, SIGHUP,
+        # `ai-server reload`) waits while one that had content is empty, a save in progress.
+        self._sizes = background.config_sizes(self.paths.config_dir)
 
     @classmethod
     async def prepare(cls, ctx: Context) -> Supervisor:
@@ -258,7 +261,9 @@ class Supervisor:
     # -- reload ----------------------------------------------------------------------------------
 
     async def reload(self, why: str) -> dict[str, Any]:
-        """Re-read the files; apply what changed; on any error keep the last good config."""
+        """Re-read the files, once none is caught half-saved; apply what changed; on any
+        error keep the last good config."""
+        self._sizes = await background.settle(self.paths.config_dir, self._sizes, self.ctx.clock)
         return await self._apply(why, lambda: desired_mod.read(self.paths.config_dir, self.desired))
 
     async def apply_tailnet(self, view: tailnet.Detection, why: str) -> dict[str, Any]:
