@@ -144,5 +144,6 @@ def status(program: str) -> Status:
         raise Unavailable(f"`tailscale status`: {_clean(last[0])}")
     try:
         return parse(result.stdout)
-    except (ValueError, TypeError, AttributeError) as err:
+    # RecursionError: JSON nested deeper than Python parses is garbage like any other.
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:
         raise Unavailable(f"`tailscale status --json` gave something else: {_clean(str(err))}") from None
