@@ -16,6 +16,9 @@ KNOWN: dict[str, str] = {
     # One source line per haproxy.cfg line: the block reads as the config it writes, and
     # splitting it would scatter one HAProxy section over several functions.
     "ai_server.haproxy.fronting:node_backends": "a front's node backends, line for line as in haproxy.cfg",
+    "ai_server.daemon.supervisor:Supervisor": "263 lines since a tailnet change applies its view without reading "
+                                              "the files (issue 16, F2): reload's locked path moving to its own "
+                                              "module is the next split",
 }
 
 

@@ -33,7 +33,7 @@ SETTLE_POLL_S = 0.05
 
 Reload = Callable[[str], Awaitable[None]]
 # Applies a new tailnet view to the config in force, without reading the files again.
-ApplyTailnet = Callable[[tailnet.Detection, str], Awaitable[None]]
+ApplyTailnet = Callable[[tailnet.Detection, str], Awaitable[object]]
 
 
 async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,

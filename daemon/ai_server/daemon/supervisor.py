@@ -97,8 +97,7 @@ class Supervisor:
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
-        # Each config file's size when last read: a reload from any trigger (save, SIGHUP,
-        # `ai-server reload`) waits while one that had content is empty, a save in progress.
+        # Sizes when last read: any reload waits while a file that had content is empty.
         self._sizes = background.config_sizes(self.paths.config_dir)
 
     @classmethod
@@ -157,7 +156,7 @@ class Supervisor:
                 ("config-watcher", background.watch_config(self.paths.config_dir, self._stopping, reload)),
                 ("hold", self.proxy.hold.run()),
                 ("reload-signal", background.reload_on(self._reload_wanted, reload, "SIGHUP")),
-                ("tailnet", background.follow_tailnet(desired, self._apply_tailnet_guarded)),
+                ("tailnet", background.follow_tailnet(desired, self.apply_tailnet)),
                 ("nodes", background.every(nodes.POLL_S, self._refresh_nodes, "nodes_refresh")),
                 ("engine-models", background.every(nodes.POLL_S, self._refresh_engine_models, "engine_models")),
                 ("tls-renewal", background.renew_certificate(lambda: self.proxy.tls_ready,
@@ -270,12 +269,6 @@ class Supervisor:
         """The config in force with a new tailnet view, the files not read again: a tailnet
         change (which a device can cause at will) must never apply a file caught half-saved."""
         return await self._apply(why, lambda: desired_mod.with_view(self.desired, view))
-
-    async def _apply_tailnet_guarded(self, view: tailnet.Detection, why: str) -> None:
-        try:
-            await self.apply_tailnet(view, why)
-        except Exception:
-            self.log.exception("reload_failed", trigger=why)
 
     async def _apply(self, why: str, read: Callable[[], Desired]) -> dict[str, Any]:
         """What `read` gives (called under the lock, off the loop), planned, staged and applied.
