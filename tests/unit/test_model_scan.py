@@ -133,6 +133,69 @@ def test_a_long_escaped_key_or_value_costs_nothing_to_judge() -> None:
     assert lua_allocates(key) < 64 and lua_allocates(value) < 64   # KiB: the verdict's own few strings
 
 
+def lua_peak(body: bytes, lua_file: Path = LUA_FILE) -> tuple[str, float]:
+    """The verdict on `body` and the most Lua memory (KiB, after a full collection: what is
+    kept, not garbage) above that before judging, sampled whenever the scan asks the clock."""
+    script = (f"local M = dofile('{lua_file}'); local body = io.read('a'); collectgarbage('collect'); "
+              "local before, peak = collectgarbage('count'), 0; "
+              "local function late() collectgarbage('collect'); "
+              "peak = math.max(peak, collectgarbage('count') - before); return false end; "
+              "local verdict = M.judge('/v1/chat/completions', body, {}, true, late); io.write(verdict, ' ', peak)")
+    out = subprocess.run([str(LUA), "-e", script], input=body, capture_output=True, check=True, timeout=60).stdout.split()
+    return out[0].decode(), float(out[1])
+
+
+@needs_lua
+def test_many_distinct_names_are_two_at_the_second_and_keep_nothing_more() -> None:
+    """Finding F1: the scan kept every distinct name (up to 1536 bytes each) in a list outside
+    tune.lua.maxmem's budget, so bodies of long distinct names took Lua out of memory and the
+    HAProxy worker down (exit 134). It stops at the second distinct name now: 20,000 of them,
+    top-level keys or nested, are "two" with at most two names kept, in Lua and in the twin."""
+    pairs = b"".join(b'"model":"m%d-' % i + b"x" * 200 + b'",' for i in range(20_000))
+    nested = b'{"model":"a","x":[' + b"".join(b'{"model":"m%d"},' % i for i in range(20_000)) + b'{}],"name":"b"}'
+    body = b"{" + pairs + b'"model":"last"}'
+    assert lua_judge([(CHAT, body), (CHAT, nested)]) == [("two", ""), ("two", "")]
+    verdict, peak = lua_peak(body)
+    assert verdict == "two" and peak < 64, peak  # KiB; it kept 5 MiB
+    assert modelscan.body_models(body, True) == (["m0-" + "x" * 200 + ":latest", "m1-" + "x" * 200 + ":latest"], None)
+    # Too long to be names (over 256 bytes), they are all one: none. Each was kept, 30 MiB.
+    long = b"{" + b"".join(b'"model":"m%d-' % i + b"x" * 1500 + b'",' for i in range(20_000)) + b'"model":"last"}'
+    verdict, peak = lua_peak(long)
+    assert verdict == "two" and peak < 64, peak
+    assert modelscan.judge(CHAT, body, [], True) == ("two", None)
+
+
+@needs_lua
+def test_many_spellings_of_one_name_are_one_name_kept_once() -> None:
+    """Distinct is as the proxy compares names (case, Ollama's ":latest"): 10,000 spellings of
+    one 249-character name (256 with ":latest"), each in other letter cases or escapes, stay "ok" for that name,
+    and the scan keeps one of them, not each spelling."""
+    rng = random.Random(7)
+    spellings = []
+    for _ in range(10_000):
+        name = bytes(c if rng.random() < 0.5 else c - 32 for c in b"q" * 248)
+        spellings.append(b'"model":"' + name + (b'Q"' if rng.random() < 0.5 else b'Q:LATEST"'))
+    body = b"{" + b",".join(spellings) + b', "name":"\\u0051' + b"q" * 248 + b'"}'
+    want = ("ok", "q" * 249 + ":latest")
+    assert lua_judge([(CHAT, body)]) == [want] and modelscan.judge(CHAT, body, [], True) == want
+    verdict, peak = lua_peak(body)
+    assert verdict == "ok" and peak < 64, peak  # KiB; it kept each spelling, 5 MiB
+
+
+@needs_lua
+def test_two_names_are_two_before_what_the_rest_of_the_body_holds() -> None:
+    """The verdict is reached at the second distinct name: what follows (a model that is no
+    string, a body cut short) is not read, and both readers agree; one name twice reads on."""
+    cases = [b'{"model":"a","name":"b","model":1}', b'{"model":"a","model":"B","x":"unterminated',
+             b'{"model":"a","model":"A:latest","model":1}', b'{"model":"a b","model":"c d","model":"e"}']
+    want = [("two", ""), ("two", ""), ("bad", "the model must be a string"), ("two", "")]
+    assert lua_judge([(CHAT, b) for b in cases]) == want
+    assert [modelscan.judge(CHAT, b, [], True) for b in cases] == [(v, d or None) for v, d in want]
+    rules = "/api/x/|/y"
+    assert lua_judge([("/api/x/m1/y", b'{"model":"m2","model":1}')], rules) == [("two", "")]
+    assert modelscan.judge("/api/x/m1/y", b'{"model":"m2","model":1}', [("/api/x/", "/y")], True) == ("two", None)
+
+
 @needs_lua
 def test_what_is_too_long_to_be_a_name_is_not_unescaped() -> None:
     """A key can read "model" only within 30 bytes (\\u006d\\u006f\\u0064\\u0065\\u006c), a value

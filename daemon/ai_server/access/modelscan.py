@@ -108,17 +108,30 @@ def _value(body: bytes, colon: int) -> tuple[bytes | None, int | None, str | Non
     return None, None, None
 
 
-def body_models(body: bytes) -> tuple[list[bytes] | None, str | None]:
-    """Every value of the body's top-level "model" and "name" keys, or (None, why not)."""
+def _add_kind(kinds: list[str | None], name: bytes | str, ollama: bool) -> bool:
+    """`name` added to `kinds`, the distinct names so far as normalize compares them (None: no
+    name), when it differs from the first: True once there are two, where the scan stops. At
+    most two are kept, as in the Lua (every distinct name kept took its memory, finding F1)."""
+    kind = normalize(name, ollama)
+    if not kinds or kinds[0] != kind:
+        kinds.append(kind)
+    return len(kinds) > 1
+
+
+def body_models(body: bytes, ollama: bool,
+                kinds: list[str | None] | None = None) -> tuple[list[str | None] | None, str | None]:
+    """The values of the body's top-level "model" and "name" keys, normalized, added to `kinds`
+    (the path's names) until two differ, where the scan stops: (kinds, None), at most two, or
+    (None, why not)."""
+    kinds = [] if kinds is None else kinds
     first = _skip_ws(body, 0)
-    if first is None or body[first] != 123:
-        return [], None
+    if first is None or body[first] != 123 or len(kinds) > 1:
+        return kinds, None
     depth, pos = 0, first
-    found: list[bytes] = []
     while True:
         match = _STRUCTURE.search(body, pos)
         if match is None:
-            return found, None
+            return kinds, None
         s = match.start()
         c = body[s]
         if c == 34:
@@ -136,7 +149,8 @@ def body_models(body: bytes) -> tuple[list[bytes] | None, str | None]:
                     if problem:
                         return None, problem
                     if value is not None:
-                        found.append(value)
+                        if _add_kind(kinds, value, ollama):
+                            return kinds, None
                         pos = after or pos
         else:
             depth += 1 if c in (123, 91) else -1
@@ -168,18 +182,20 @@ def path_model(path: str, prefix: str, suffix: str) -> str | None:
 
 def judge(path: str, body: bytes, rules: Sequence[tuple[str, str]], ollama: bool) -> tuple[str, str | None]:
     """(OK, model or None) | (TWO, None) | (BAD, why). `rules`: each {model} rule's path as
-    (prefix, suffix)."""
-    names: list[bytes | str] = [m for m in (path_model(path, p, s) for p, s in rules) if m is not None]
+    (prefix, suffix). Two different names are TWO as soon as the second is read."""
+    kinds: list[str | None] = []
+    for p, s in rules:
+        found = path_model(path, p, s)
+        if found is not None and _add_kind(kinds, found, ollama):
+            return TWO, None
     if body:
-        found, problem = body_models(body)
-        if found is None:
+        scanned, problem = body_models(body, ollama, kinds)
+        if scanned is None:
             return BAD, problem
-        names += found
-    if not names:
+    if not kinds:
         return OK, None
-    model = normalize(names[0], ollama)
-    if any(normalize(n, ollama) != model for n in names[1:]):
+    if len(kinds) > 1:
         return TWO, None
-    if model is None:
+    if kinds[0] is None:
         return BAD, "not a model name (letters, digits, . _ : / -)"
-    return OK, model
+    return OK, kinds[0]

@@ -96,16 +96,29 @@ function M.unescape(raw)
   return concat(out)
 end
 
--- Every value of the body's top-level "model" and "name" keys, compared without case and
--- after unescaping (Go matches a key to a field that way, and keeps the last of two): a
--- list of the distinct values, or nil and why not. `late()` is asked after every WORK units
--- of work whether the time is up.
+-- `kinds`, the distinct names a request gave so far as M.normalize compares them (false: one
+-- that is no name), with `name` added: at most two, and the scan stops at the second (two
+-- different names are refused whatever else the body holds). Only the first name and the one
+-- that differs are kept: every distinct name once, up to 1536 bytes each and outside the
+-- memory HAProxy gives Lua, took it out of memory and the worker down (attacker's finding F1).
+local function add_kind(kinds, name, ollama)
+  local kind = M.normalize(name, ollama) or false
+  if #kinds == 0 or kinds[1] ~= kind then kinds[#kinds + 1] = kind end
+  return #kinds > 1
+end
+
+-- The values of the body's top-level "model" and "name" keys, compared without case and
+-- after unescaping (Go matches a key to a field that way, and keeps the last of two), added
+-- to `kinds` (the path's names, or {}): `kinds`, holding at most two, or nil and why not.
+-- `late()` is asked after every WORK units of work whether the time is up.
 -- Keys are read at every depth-1 position, after the first value too: what Go ignores is
 -- judged anyway, so nothing an engine might read escapes the check.
-function M.body_models(body, late)
+function M.body_models(body, late, ollama, kinds)
+  kinds = kinds or {}
   local first = skip_ws(body, 1)
-  if not first or byte(body, first) ~= 123 then return {} end  -- not a JSON object: names nothing
-  local depth, found, seen, pos = 0, {}, {}, first
+  if not first or byte(body, first) ~= 123 then return kinds end  -- not a JSON object: names nothing
+  if #kinds > 1 then return kinds end
+  local depth, pos = 0, first
   local spent = meter(late)
   while true do
     local s = find(body, '[{}%[%]"]', pos)
@@ -139,12 +152,7 @@ function M.body_models(body, late)
                 value = M.unescape(value)
               end
               if not value then return nil, "the model name has a malformed escape" end
-              -- The same name again changes no verdict: kept once, so a body repeating one
-              -- pair does not grow the list.
-              if not seen[value] then
-                seen[value] = true
-                found[#found + 1] = value
-              end
+              if add_kind(kinds, value, ollama) then return kinds end
               pos = ve + 1
             elseif v and sub(body, v, v + 3) ~= "null" then
               return nil, "the model must be a string"
@@ -160,7 +168,7 @@ function M.body_models(body, late)
       pos = s + 1
     end
   end
-  return found
+  return kinds
 end
 
 -- A model name as the proxy compares it (access/clients.normalize_model does the same):
@@ -201,27 +209,25 @@ end
 -- The verdict on one request: "ok" and the model it names (nil: none), "two" (it names two
 -- different models), "bad" and why (it cannot name one: not JSON, not a string, not a
 -- name), or "slow" (it could not be read in time). Every name the path and body give counts.
+-- Two different names are "two" as soon as the second is read, before the rest of the body.
 function M.judge(path, body, rules, ollama, late)
-  local names = {}
+  local kinds = {}
   for _, rule in ipairs(rules) do
     local found = M.path_model(path, rule[1], rule[2])
-    if found then names[#names + 1] = found end
+    if found and add_kind(kinds, found, ollama) then return "two" end
   end
   if body and #body > 0 then
-    local found, problem = M.body_models(body, late)
-    if not found then
+    local problem
+    kinds, problem = M.body_models(body, late, ollama, kinds)
+    if not kinds then
       if problem == "slow" then return "slow" end
       return "bad", problem
     end
-    for _, name in ipairs(found) do names[#names + 1] = name end
   end
-  if #names == 0 then return "ok", nil end
-  local model = M.normalize(names[1], ollama)
-  for i = 2, #names do
-    if M.normalize(names[i], ollama) ~= model then return "two" end
-  end
-  if not model then return "bad", "not a model name (letters, digits, . _ : / -)" end
-  return "ok", model
+  if #kinds == 0 then return "ok", nil end
+  if #kinds > 1 then return "two" end
+  if not kinds[1] then return "bad", "not a model name (letters, digits, . _ : / -)" end
+  return "ok", kinds[1]
 end
 
 if core == nil then return M end
