@@ -115,6 +115,35 @@ def test_a_file_caught_half_saved_is_not_applied(stack: Stack, name: str) -> Non
     assert not [e for e in stack.events("state") if e["to"] in ("STOPPED", "STOPPING")]
 
 
+def test_a_file_written_in_pieces_is_applied_whole(stack: Stack) -> None:
+    """A save written in two pieces is valid TOML after the first: clients.toml cut after one
+    client. A reload between the pieces applied that part alone (attacker's finding F3; the
+    clients after the cut lost their entries for a moment). The first piece comes by rename,
+    written "just now" as far as its time says, so the supervisor sees it whole and fresh
+    whatever the scheduler does; the rest is appended once it says it waits."""
+    path = stack.config_dir / "clients.toml"
+    whole = "".join(f'[[client]]\nname = "c{i}"\ntoken_sha256 = "{i:064d}"\n\n' for i in range(3))
+    save_like_an_editor(path, whole)
+    wait_for(lambda: stack.events("reloaded", trigger="saved clients.toml"), what="clients.toml applied")
+    reloads, settlings = len(stack.events("reloaded")), len(stack.events("config_settling"))
+    cut = whole.index("[[client]]", 1)
+    piece = path.with_name(".clients.toml.part")
+    piece.write_text(whole[:cut])
+    ahead = time.time() + 60
+    os.utime(piece, (ahead, ahead))
+    os.replace(piece, path)
+    got = wait_for(lambda: stack.events("config_settling")[settlings:] or stack.events("reloaded")[reloads:],
+                   what="the first piece seen")
+    assert got[0]["event"] == "config_settling" and got[0]["files"] == ["clients.toml"], got
+    assert "being written" in got[0]["reason"]
+    with path.open("a") as editor:
+        editor.write(whole[cut:])
+    wait_for(lambda: stack.events("reloaded")[reloads:], what="the save applied")
+    # The append may be a second save after the first is applied; neither changes anything.
+    assert all(r["changed"] == [] for r in stack.events("reloaded")[reloads:])
+    assert not stack.events("config_unsettled")
+
+
 def test_a_file_left_empty_is_applied_as_meant(stack: Stack) -> None:
     allow_file = stack.config_dir / "allowlist.toml"
     save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)

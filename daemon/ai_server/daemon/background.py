@@ -30,6 +30,11 @@ TAILNET_POLL_S = 5.0
 # and now has none is given this long to get it back before that is taken as meant.
 SETTLE_S = 2.0
 SETTLE_POLL_S = 0.05
+# A save written in pieces (a script, an editor flushing a large file) is valid TOML at every
+# line break, and a reload between two pieces applied the first part alone: a clients.toml cut
+# after one client drops the entries after it. So a file written less than this long ago is
+# still being saved, and the reload waits for it to be still (at most SETTLE_S in all).
+QUIET_S = 0.5
 
 Reload = Callable[[str], Awaitable[None]]
 # Applies a new tailnet view to the config in force, without reading the files again.
@@ -51,12 +56,19 @@ async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,
 
 def config_sizes(config_dir: Path) -> dict[str, int]:
     """Each config file's size; 0 for one that is missing."""
+    return {name: size for name, (size, _) in config_stats(config_dir).items()}
+
+
+def config_stats(config_dir: Path) -> dict[str, tuple[int, float]]:
+    """Each config file's size and when it was last written (wall clock); (0, 0.0) for one
+    that is missing."""
     out = {}
     for name in CONFIG_FILES:
         try:
-            out[name] = (config_dir / name).stat().st_size
+            st = (config_dir / name).stat()
+            out[name] = (st.st_size, st.st_mtime)
         except OSError:
-            out[name] = 0
+            out[name] = (0, 0.0)
     return out
 
 
@@ -65,24 +77,42 @@ def emptied(before: dict[str, int], now: dict[str, int]) -> list[str]:
     return sorted(name for name, size in before.items() if size and not now.get(name))
 
 
-async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], float]) -> dict[str, int]:
-    """Wait (at most SETTLE_S) while a file that had content is empty or gone: a save in
-    progress. Still so after that, it is what the user meant, and the reload applies it.
-    The sizes it ended with, for the next save."""
-    now = config_sizes(config_dir)
-    gaps = emptied(before, now)
-    if not gaps:
-        return now
+def unsettled(before: dict[str, int], stats: dict[str, tuple[int, float]], wall: float) -> dict[str, str]:
+    """The files a reload must not read yet, each with why: emptied or gone (a save that
+    truncates first), or written less than QUIET_S ago (a save still going on; a time ahead
+    of the clock too, which settle's deadline bounds). Pure."""
+    sizes = {name: size for name, (size, _) in stats.items()}
+    out = {name: "emptied or gone" for name in emptied(before, sizes)}
+    for name, (size, written) in sorted(stats.items()):
+        if size and name not in out and wall - written < QUIET_S:
+            out[name] = "being written"
+    return out
+
+
+async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], float],
+                 wall: Callable[[], float] = time.time) -> dict[str, int]:
+    """Wait (at most SETTLE_S) while a file that had content is empty or gone, or was
+    written in the last QUIET_S: a save in progress. Still so after that, it is what the user
+    meant, and the reload applies it. The sizes it ended with, for the next save."""
+    stats = config_stats(config_dir)
+    waiting = unsettled(before, stats, wall())
+    if not waiting:
+        return {name: size for name, (size, _) in stats.items()}
     log = logs.get()
-    log.info("config_settling", files=gaps, seconds=SETTLE_S, reason="emptied or gone: waiting for the save to finish")
+    log.info("config_settling", files=sorted(waiting), seconds=SETTLE_S,
+             reason="; ".join(f"{name} {why}" for name, why in sorted(waiting.items())) + ": waiting for the save to finish")
     deadline = clock() + SETTLE_S
-    while gaps and clock() < deadline:
+    while waiting and clock() < deadline:
         await asyncio.sleep(SETTLE_POLL_S)
-        now = config_sizes(config_dir)
-        gaps = emptied(before, now)
-    if gaps:
-        log.warning("config_emptied", files=gaps, reason=f"still empty or gone after {SETTLE_S:g}s: applied as meant")
-    return now
+        stats = config_stats(config_dir)
+        waiting = unsettled(before, stats, wall())
+    gone = sorted(name for name, why in waiting.items() if why == "emptied or gone")
+    if gone:
+        log.warning("config_emptied", files=gone, reason=f"still empty or gone after {SETTLE_S:g}s: applied as meant")
+    if len(gone) < len(waiting):
+        log.warning("config_unsettled", files=sorted(set(waiting) - set(gone)),
+                    reason=f"still being written after {SETTLE_S:g}s: applied as it is now")
+    return {name: size for name, (size, _) in stats.items()}
 
 
 async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:
