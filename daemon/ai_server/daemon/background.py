@@ -56,7 +56,11 @@ async def watch_config(config_dir: Path, stop: asyncio.Event, reload: Reload,
 
 def config_sizes(config_dir: Path) -> dict[str, int]:
     """Each config file's size; 0 for one that is missing."""
-    return {name: size for name, (size, _) in config_stats(config_dir).items()}
+    return sizes_of(config_stats(config_dir))
+
+
+def sizes_of(stats: dict[str, tuple[int, float]]) -> dict[str, int]:
+    return {name: size for name, (size, _) in stats.items()}
 
 
 def config_stats(config_dir: Path) -> dict[str, tuple[int, float]]:
@@ -81,8 +85,7 @@ def unsettled(before: dict[str, int], stats: dict[str, tuple[int, float]], wall:
     """The files a reload must not read yet, each with why: emptied or gone (a save that
     truncates first), or written less than QUIET_S ago (a save still going on; a time ahead
     of the clock too, which settle's deadline bounds). Pure."""
-    sizes = {name: size for name, (size, _) in stats.items()}
-    out = {name: "emptied or gone" for name in emptied(before, sizes)}
+    out = {name: "emptied or gone" for name in emptied(before, sizes_of(stats))}
     for name, (size, written) in sorted(stats.items()):
         if size and name not in out and wall - written < QUIET_S:
             out[name] = "being written"
@@ -97,7 +100,7 @@ async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], f
     stats = config_stats(config_dir)
     waiting = unsettled(before, stats, wall())
     if not waiting:
-        return {name: size for name, (size, _) in stats.items()}
+        return sizes_of(stats)
     log = logs.get()
     log.info("config_settling", files=sorted(waiting), seconds=SETTLE_S,
              reason="; ".join(f"{name} {why}" for name, why in sorted(waiting.items())) + ": waiting for the save to finish")
@@ -112,7 +115,7 @@ async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], f
     if len(gone) < len(waiting):
         log.warning("config_unsettled", files=sorted(set(waiting) - set(gone)),
                     reason=f"still being written after {SETTLE_S:g}s: applied as it is now")
-    return {name: size for name, (size, _) in stats.items()}
+    return sizes_of(stats)
 
 
 async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:
