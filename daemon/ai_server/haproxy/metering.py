@@ -34,8 +34,9 @@ def log_target(spec: RenderInput) -> list[str]:
     return [
         f"    # The access log and HAProxy's own notices are appended to the request log ({SPOOL}), a",
         f"    # regular file the supervisor opened and handed over as descriptor {spec.log_fd}: a write to",
-        "    # it never blocks and never drops a line (a datagram socket drops them under load), and",
-        "    # the descriptor outlives reloads. The supervisor reads it into the usage ledger.",
+        "    # it is never refused (a datagram socket drops lines under load), one thread never has",
+        "    # two writes collide (nbthread), and the descriptor outlives reloads. The supervisor",
+        "    # reads it into the usage ledger.",
         f"    log fd@{spec.log_fd} len 16384 format raw local0 info",
     ]
 

@@ -69,6 +69,12 @@ def _global(spec: RenderInput) -> list[str]:
         "    # Files (maps, Lua) are named relative to this file; sockets relative to the state dir,",
         "    # where HAProxy runs.",
         "    default-path config",
+        "    # One thread. HAProxy drops an access-log line when two of its threads write the log",
+        "    # descriptor at once and the one writing waits on the disk (fd.c gives up after 200",
+        "    # tries): 175 to 836 of 20,000 under disk load with two threads, none with one. The",
+        "    # request log is the ledger's only source, so it must never collide. One thread is",
+        "    # tens of thousands of requests a second, far more than the engines behind it.",
+        "    nbthread 1",
         *metering.log_target(spec),
         "    # Runtime API: maps swapped live, the engine drained before a restart, listening",
         "    # sockets handed to new workers on reload so no connection is refused.",
@@ -85,8 +91,8 @@ def _global(spec: RenderInput) -> list[str]:
     if spec.lua:
         lines += [
             "    # Holding requests while the engine restarts, and reading the model a request names",
-            f"    # ({LUA}, what it needs to know in proc.* variables). One Lua state per thread: a",
-            "    # long body read on one thread never waits for another's.",
+            f"    # ({LUA}, what it needs to know in proc.* variables). The Lua yields as it reads a",
+            "    # long body, so other requests go on meanwhile.",
             f"    set-var {HOLD_MS} int({int(proxy.queue_timeout * 1000)})",
             f"    set-var {SCAN_MS} int({lua.SCAN_BUDGET_MS})",
             f"    set-var {OLLAMA} int({int(ollama_names(spec.config))})",
