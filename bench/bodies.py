@@ -6,7 +6,7 @@ left. Then the worst scans a client can cause: a body of tiny strings (each one 
 model check's loop), and bodies that are one long string of escapes (a key, a prompt), as large
 as allowed, their model key last; and --escaped of those escaped keys at once.
 
-    .venv/bin/python bench/bodies.py [--connections 64] [--max-body-mb 64] [--escaped 12]
+    .venv/bin/python bench/bodies.py [--connections 64] [--max-body-mb 64] [--escaped 12] [--rounds 32]
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--max-body-mb", type=int, default=64)
     parser.add_argument("--escaped", type=int, default=12, help="escaped-key bodies at once")
+    parser.add_argument("--rounds", type=int, default=0, help="then this many bursts of slow bodies on one stack")
     args = parser.parse_args()
     size = args.max_body_mb * 1024 * 1024
     big = body_of(size)
@@ -177,7 +178,32 @@ def main() -> int:
         print(f"\nbodies that reached the engine: {len(reached)} ({', '.join(f'{n / mib:.0f} MiB' for n in reached)})")
     finally:
         dispose(stack)
+    if args.rounds:
+        rounds(args.rounds, args.connections, args.max_body_mb)
     return 0
+
+
+def rounds(count: int, connections: int, max_body_mb: int) -> None:
+    """`count` bursts of `connections` senders, each burst one of the slow bodies in turn, on
+    one stack: what HAProxy's memory comes to when it is kept at it (what it keeps between
+    bursts adds up)."""
+    size, mib = max_body_mb * 1024 * 1024, 1024 * 1024
+    shapes = (escaped_pairs, tiny_strings, escaped_key, escaped_prompt)
+    bodies = [shape(size) for shape in shapes]
+    stack = stack_with(max_body_mb, "allow", connections)
+    try:
+        stack.start()
+        peak, counts = 0, {}
+        for n in range(count):
+            found, top, _ = burst(stack, bodies[n % len(bodies)], connections)
+            peak = max(peak, top)
+            for status, k in found.items():
+                counts[status] = counts.get(status, 0) + k
+        answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+        print(f"\n{count} rounds of {connections} slow {max_body_mb} MiB bodies (four shapes in turn): {answers}; "
+              f"HAProxy peak {peak / mib:.0f} MiB, {haproxy_rss(stack) / mib:.0f} MiB after")
+    finally:
+        dispose(stack)
 
 
 if __name__ == "__main__":
