@@ -144,13 +144,38 @@ def test_a_file_written_in_pieces_is_applied_whole(stack: Stack) -> None:
     assert not stack.events("config_unsettled")
 
 
-def test_a_file_left_empty_is_applied_as_meant(stack: Stack) -> None:
+def test_a_file_left_empty_is_refused_until_it_says_what_it_means(stack: Stack) -> None:
     allow_file = stack.config_dir / "allowlist.toml"
     save_like_an_editor(allow_file, DEFAULT_ALLOW + PS_RULE)
     wait_for(lambda: status_of(stack, "/api/ps") == 200, what="rule in force")
     allow_file.write_text("")
-    wait_for(lambda: stack.events("config_emptied", files=["allowlist.toml"]), what="the empty file taken as meant")
+    wait_for(lambda: stack.events("config_error", file="allowlist.toml"), what="the empty file refused")
+    assert stack.events("config_emptied", files=["allowlist.toml"])
+    assert status_of(stack, "/api/ps") == 200
+    assert "allowlist.toml: empty or gone" in stack.status()["proxy"]["config_error"]
+    assert stack.cli("reload").returncode != 0  # a reload refuses it too
+    save_like_an_editor(allow_file, "# no rules: nothing is forwarded\n")
     wait_for(lambda: status_of(stack, "/api/ps") == 403, what="no rules")
+
+
+@pytest.mark.parametrize("how", ["emptied", "deleted", "dangling symlink"])
+def test_a_clients_toml_emptied_or_deleted_never_lifts_unknown_deny(stack: Stack, how: str) -> None:
+    """An emptied, deleted or dangling clients.toml was applied as meant after 2 s: every
+    default, and `[unknown] deny` gone, so a caller with no token was served (attacker's pass 8).
+    Now it is refused like a broken file, and the deny stays."""
+    path = stack.config_dir / "clients.toml"
+    save_like_an_editor(path, '[unknown]\npolicy = "deny"\n')
+    wait_for(lambda: status_of(stack, "/api/tags") == 403, what="deny in force")
+    errors = len(stack.events("config_error"))
+    if how == "emptied":
+        path.write_text("")
+    else:
+        path.unlink()
+        if how == "dangling symlink":
+            path.symlink_to(stack.config_dir / "nowhere.toml")
+    wait_for(lambda: stack.events("config_error")[errors:], what="the missing file refused")
+    assert status_of(stack, "/api/tags") == 403
+    assert stack.events("config_error")[-1]["file"] == "clients.toml"
 
 
 def test_proxy_change_reloads_in_place(stack: Stack) -> None:

@@ -27,7 +27,9 @@ TAILNET_POLL_S = 5.0
 # An editor that saves in place truncates the file and then writes it; one that keeps a backup
 # may rename the file away first. A reload between the two would apply an empty file (every
 # default: listen on "tailscale", no clients, no rules) for a moment. A file that had content
-# and now has none is given this long to get it back before that is taken as meant.
+# and now has none is given this long to get it back; still empty or gone after that, it is
+# refused like a broken file (Supervisor.reload): an emptied clients.toml lifted `[unknown]
+# deny` (attacker's pass 8), and a disk that fills during a save must not open the proxy.
 SETTLE_S = 2.0
 SETTLE_POLL_S = 0.05
 # A save written in pieces (a script, an editor flushing a large file) is valid TOML at every
@@ -93,14 +95,16 @@ def unsettled(before: dict[str, int], stats: dict[str, tuple[int, float]], wall:
 
 
 async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], float],
-                 wall: Callable[[], float] = time.time) -> dict[str, int]:
+                 wall: Callable[[], float] = time.time) -> tuple[dict[str, int], list[str]]:
     """Wait (at most SETTLE_S) while a file that had content is empty or gone, or was
-    written in the last QUIET_S: a save in progress. Still so after that, it is what the user
-    meant, and the reload applies it. The sizes it ended with, for the next save."""
+    written in the last QUIET_S: a save in progress. A file still being written after that is
+    applied as it is; the files still empty or gone are returned, for the reload to refuse.
+    The sizes to compare the next save with (a file still empty keeps the size it had: every
+    reload refuses it until it has content again), and those files."""
     stats = config_stats(config_dir)
     waiting = unsettled(before, stats, wall())
     if not waiting:
-        return sizes_of(stats)
+        return sizes_of(stats), []
     log = logs.get()
     log.info("config_settling", files=sorted(waiting), seconds=SETTLE_S,
              reason="; ".join(f"{name} {why}" for name, why in sorted(waiting.items())) + ": waiting for the save to finish")
@@ -111,11 +115,11 @@ async def settle(config_dir: Path, before: dict[str, int], clock: Callable[[], f
         waiting = unsettled(before, stats, wall())
     gone = sorted(name for name, why in waiting.items() if why == "emptied or gone")
     if gone:
-        log.warning("config_emptied", files=gone, reason=f"still empty or gone after {SETTLE_S:g}s: applied as meant")
+        log.warning("config_emptied", files=gone, reason=f"still empty or gone after {SETTLE_S:g}s: refused")
     if len(gone) < len(waiting):
         log.warning("config_unsettled", files=sorted(set(waiting) - set(gone)),
                     reason=f"still being written after {SETTLE_S:g}s: applied as it is now")
-    return sizes_of(stats)
+    return {**sizes_of(stats), **{name: before[name] for name in gone}}, gone
 
 
 async def reload_on(wanted: asyncio.Event, reload: Reload, why: str) -> None:

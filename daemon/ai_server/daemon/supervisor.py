@@ -262,7 +262,11 @@ class Supervisor:
     async def reload(self, why: str) -> dict[str, Any]:
         """Re-read the files, once none is caught half-saved; apply what changed; on any
         error keep the last good config."""
-        self._sizes = await background.settle(self.paths.config_dir, self._sizes, self.ctx.clock)
+        self._sizes, gone = await background.settle(self.paths.config_dir, self._sizes, self.ctx.clock)
+        if gone:
+            # Empty is never taken as meant: it would be every default (no `[unknown] deny`, no
+            # limits). A file that means "nothing" says so with a comment.
+            return self._refused(ConfigError(gone[0], "empty or gone; write a comment in it to mean an empty file"), why)
         return await self._apply(why, lambda: desired_mod.read(self.paths.config_dir, self.desired))
 
     async def apply_tailnet(self, view: tailnet.Detection, why: str) -> dict[str, Any]:
