@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -114,6 +115,11 @@ def burst(stack: Stack, body: bytes, connections: int) -> tuple[dict[int, int], 
     return counts, peak, time.monotonic() - started
 
 
+def tally(counts: dict[int, int]) -> str:
+    """Statuses and how often, as the tables print them: "4× 413, 16× 503"."""
+    return ", ".join(f"{n}× {status}" for status, n in sorted(counts.items()))
+
+
 def stack_with(max_body_mb: int, unknown: str, connections: int) -> Stack:
     stack = new_stack(engine_env={"FAKE_OLLAMA_TOKENS": "1", "FAKE_OLLAMA_SLOTS": str(connections)})
     stack.write_config(stack.default_config().replace(
@@ -146,7 +152,7 @@ def main() -> int:
             counts, peak, seconds = burst(stack, big, args.connections)
             time.sleep(1.0)  # let the last buffers go back to HAProxy's pools
             after = haproxy_rss(stack)
-            answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+            answers = tally(counts)
             print(f"| [unknown] {unknown} | {answers} | {before / mib:.0f} | {peak / mib:.0f} | {after / mib:.0f} | "
                   f"{seconds:.1f} |")
         finally:
@@ -169,10 +175,10 @@ def main() -> int:
             send(stack, body, results, threading.Lock())
             print(f"| {what} ({len(body) / mib:.0f} MiB) | {results[0][0]} | {results[0][1]:.2f} |")
         counts, peak, seconds = burst(stack, escaped_key(size), args.escaped)
-        answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+        answers = tally(counts)
         print(f"\n{args.escaped} escaped-key bodies at once: {answers} in {seconds:.1f} s, HAProxy peak {peak / mib:.0f} MiB")
         counts, peak, seconds = burst(stack, escaped_pairs(size), args.escaped)
-        answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+        answers = tally(counts)
         print(f"{args.escaped} escaped-pair bodies at once: {answers} in {seconds:.1f} s, HAProxy peak {peak / mib:.0f} MiB")
         reached = [r["body_len"] for r in stack.engine_requests() if r["target"] == "/v1/chat/completions"]
         print(f"\nbodies that reached the engine: {len(reached)} ({', '.join(f'{n / mib:.0f} MiB' for n in reached)})")
@@ -193,13 +199,12 @@ def rounds(count: int, connections: int, max_body_mb: int) -> None:
     stack = stack_with(max_body_mb, "allow", connections)
     try:
         stack.start()
-        peak, counts = 0, {}
-        for n in range(count):
-            found, top, _ = burst(stack, bodies[n % len(bodies)], connections)
+        peak, counts = 0, Counter[int]()
+        for turn in range(count):
+            found, top, _ = burst(stack, bodies[turn % len(bodies)], connections)
             peak = max(peak, top)
-            for status, k in found.items():
-                counts[status] = counts.get(status, 0) + k
-        answers = ", ".join(f"{n}× {s}" for s, n in sorted(counts.items()))
+            counts.update(found)
+        answers = tally(counts)
         print(f"\n{count} rounds of {connections} slow {max_body_mb} MiB bodies (four shapes in turn): {answers}; "
               f"HAProxy peak {peak / mib:.0f} MiB, {haproxy_rss(stack) / mib:.0f} MiB after")
     finally:

@@ -91,8 +91,8 @@ def _global(spec: RenderInput) -> list[str]:
     if spec.lua:
         lines += [
             "    # Holding requests while the engine restarts, and reading the model a request names",
-            f"    # ({LUA}, what it needs to know in proc.* variables). The Lua yields as it reads a",
-            "    # long body, so other requests go on meanwhile.",
+            f"    # ({LUA}, what it needs to know in proc.* variables). On the one thread, a long",
+            "    # body's check holds up the other requests, for at most its budget (lua.SCAN_BUDGET_MS).",
             f"    set-var {HOLD_MS} int({int(proxy.queue_timeout * 1000)})",
             f"    set-var {SCAN_MS} int({lua.SCAN_BUDGET_MS})",
             f"    set-var {OLLAMA} int({int(ollama_names(spec.config))})",

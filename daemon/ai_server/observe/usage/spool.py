@@ -3,7 +3,7 @@ the supervisor to read.
 
 The supervisor creates it, with a header line naming it, and keeps it open for writing with
 O_APPEND; HAProxy gets that descriptor when it starts (render.py: `log fd@N`) and keeps it across
-reloads; the metering Lua appends its start lines to the same file. Every line is one write()
+reloads (the metering Lua's start lines have their own file, starts.spool). Every line is one write()
 to a regular file with O_APPEND: never refused, never interleaved with another, and never
 dropped because HAProxy runs one thread (render.py says why).
 The supervisor reads it from where the ledger last committed (the offset lives in the ledger,
