@@ -179,6 +179,31 @@ def test_bodies_over_the_memory_budget_wait_their_turn(make_stack: Any) -> None:
     assert wait_for(lambda: send(stack, head(stack, len(body)) + body)[0] == 200, what="room again")
 
 
+def test_small_bodies_are_counted_and_bounded_too(make_stack: Any) -> None:
+    """Attacker's finding A on issue 16: bodies of 64 KiB or less were counted nowhere, and
+    2,000 of them judged at once beside full body classes took the model check's Lua copies
+    past tune.lua.maxmem: the HAProxy worker aborted. They are a class of their own now (b0,
+    policy.SMALL_BODIES at once, 1024; made 3 here). (Fails on today's main: the fourth is
+    read and served.)"""
+    stack = start(make_stack, "request_timeout = 30\n", timers={"ai_server.access.policy.SMALL_BODIES": 3})
+    body = chat_body(60 * 1024, "smollm2:135m")
+    holders = [socket.create_connection((PROXY_HOST, stack.proxy_port)) for _ in range(3)]
+    try:
+        for sock in holders:
+            sock.sendall(head(stack, len(body)) + body[:1000])
+        sock_path = stack.state_dir / "haproxy.sock"
+        wait_for(lambda: runtime.table(sock_path, "bodies").get("b0", {}).get("use") == 3, 30,
+                 what="three small bodies counted")
+        fourth = send(stack, head(stack, len(body)), timeout=20)
+        assert fourth[0] == 503 and json.loads(fourth[1])["reason"] == "bodies", fourth
+        holders[0].sendall(body[1000:])
+        assert answer(holders[0])[0] == 200
+    finally:
+        for sock in holders:
+            sock.close()
+    assert wait_for(lambda: send(stack, head(stack, len(body)) + body)[0] == 200, what="room again")
+
+
 def test_a_model_check_that_is_cut_short_refuses(make_stack: Any) -> None:
     """HAProxy cuts a Lua action that runs past tune.lua.session-timeout (or that fails) and
     then carries on with the request, its model never read. The verdict defaults to refusal

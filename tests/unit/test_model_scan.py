@@ -90,6 +90,44 @@ def test_a_body_it_cannot_read_in_time_is_slow_never_passed() -> None:
     assert lua_judge([(CHAT, tiny)]) == [("ok", "x:latest")]
 
 
+def lua_widest_pattern_search(body: bytes) -> tuple[str, int, int]:
+    """The verdict on `body`, the most bytes one pattern (not plain) search stepped over
+    judging it, and how often the clock was asked. string.find is wrapped before the check is
+    loaded, so its searches are the ones measured."""
+    script = ("local find, widest = string.find, 0; "
+              "string.find = function(s, p, init, plain) local a = find(s, p, init, plain); "
+              "if not plain then widest = math.max(widest, (a or #s + 1) - (init or 1)) end; "
+              "return find(s, p, init, plain) end; "
+              f"local M = dofile('{LUA_FILE}'); local body = io.read('a'); local asks = 0; "
+              "local verdict = M.judge('/v1/chat/completions', body, {}, true, "
+              "function() asks = asks + 1; return false end); "
+              "io.write(verdict, ' ', widest, ' ', asks)")
+    out = subprocess.run([str(LUA), "-e", script], input=body, capture_output=True, check=True, timeout=60).stdout.split()
+    return out[0].decode(), int(out[1]), int(out[2])
+
+
+@needs_lua
+@pytest.mark.parametrize("body, model, spaces", [
+    (b"{" + b"x" * (4 << 20), "", False),                            # no delimiter after the first
+    (b'{"a":' + b"7" * (4 << 20) + b',"model":"x"}', "x:latest", False),  # one long number
+    (b" " * (4 << 20) + b'{"model":"x"}', "x:latest", True),          # whitespace before the object
+    (b'{"model"' + b" " * (4 << 20) + b':"x"}', "x:latest", True),    # between a key and its colon
+    (b'{"model":' + b"\t" * (4 << 20) + b'"x"}', "x:latest", True),  # between the colon and the value
+], ids=["flat", "number", "leading-space", "space-before-colon", "tab-after-colon"])
+def test_no_search_runs_over_a_long_stretch_of_the_body_between_two_questions(body: bytes, model: str, spaces: bool) -> None:
+    """Attacker's finding C on issue 16: `{` and 32 MiB of `x` was one class search of 0.4 s,
+    which neither the scan's budget nor HAProxy's forced yield can cut, holding every other
+    request on the one thread; full body classes of them stalled others 6.1 s. Now delimiters
+    are found by plain (memchr) searches, and whitespace in windows of at most 64 KiB, the
+    clock asked after each. Here 4 MiB: the old check's widest pattern search was all of it."""
+    verdict, widest, asks = lua_widest_pattern_search(body)
+    assert widest <= 64 * 1024, widest
+    assert lua_judge([(CHAT, body)]) == [("ok", model)] and verdict == "ok"
+    if spaces:
+        assert asks >= (4 << 20) // (64 * 1024) - 8
+        assert lua_judge([(CHAT, body)], late=True) == [("slow", "")]
+
+
 def lua_allocates(body: bytes) -> float:
     """KiB the check allocates judging `body` (the collector stopped, so nothing is freed)."""
     script = (f"local M = dofile('{LUA_FILE}'); local body = io.read('a'); collectgarbage('stop'); "

@@ -14,7 +14,7 @@ from ai_server.access.policy import Counts, Limits, Request, decide
 from ai_server.access.tailnet import Detection
 from ai_server.access.tailscale import Peer
 from ai_server.base import tomlfile
-from ai_server.haproxy import maps
+from ai_server.haproxy import lua, maps
 
 ALLOW = allowlist.parse(tomlfile.default_text("allowlist.toml"))
 SUFFIX = "tail1234.ts.net"
@@ -107,10 +107,22 @@ def test_unknown_devices_are_counted_each_on_its_own() -> None:
 
 def test_body_classes_never_hold_more_than_the_budget_together() -> None:
     for max_mb, budget_mb in ((32, 512), (1, 1), (200, 512), (0.5, 3), (64, 100)):
-        classes = policy.body_classes(int(max_mb * 2**20), budget_mb * 2**20)
+        small, *classes = policy.body_classes(int(max_mb * 2**20), budget_mb * 2**20)
+        assert small == ("b0", policy.SMALL_BODY, policy.SMALL_BODIES)
         assert classes[-1][1] == int(max_mb * 2**20) and [c[0] for c in classes] == [f"b{i}" for i in range(1, len(classes) + 1)]
         assert sum(upper * limit for _, upper, limit in classes) <= max(budget_mb * 2**20, len(classes) * max_mb * 2**20)
-    assert [(u >> 20, n) for _, u, n in policy.body_classes(32 << 20, 512 << 20)] == [(1, 128), (4, 32), (16, 8), (32, 4)]
+    assert [(u >> 10, n) for _, u, n in policy.body_classes(32 << 20, 512 << 20)] == [
+        (64, 1024), (1 << 10, 128), (4 << 10, 32), (16 << 10, 8), (32 << 10, 4)]
+
+
+def test_small_bodies_are_counted_too() -> None:
+    """Attacker's finding A on issue 16: bodies of 64 KiB or less were counted nowhere, and
+    thousands judged at once beside full body classes took Lua out of memory. They are b0 now,
+    1024 at once, within what tune.lua.maxmem leaves beside body_memory_mb."""
+    classes = policy.body_classes(32 << 20, 512 << 20)
+    assert policy.body_class(1, classes) == ("b0", 1024) == policy.body_class(64 * 1024, classes)
+    assert policy.body_class(64 * 1024 + 1, classes) == ("b1", 128) and policy.body_class(0, classes) is None
+    assert lua.maxmem_mb(512 << 20) >= 512 + (policy.SMALL_BODIES * policy.SMALL_BODY >> 20) + lua.LUA_HEADROOM_MB
 
 
 # -- the maps ---------------------------------------------------------------------------------

@@ -28,8 +28,13 @@ from ai_server.access.tailnet import Detection, is_tailnet
 
 MAX_TARGET = 8 * 1024
 MAX_HEADERS = 64 * 1024
-# Bodies up to this size cost what headers do; larger ones count against proxy.body_memory_mb.
+# Bodies up to this size count in a class of their own (b0), outside proxy.body_memory_mb,
+# SMALL_BODIES of them at once; larger ones count against proxy.body_memory_mb.
 SMALL_BODY = 64 * 1024
+# Uncounted, 2,000 small bodies judged at once beside full body classes took the model
+# check's Lua copies past tune.lua.maxmem and the HAProxy worker down (attacker's finding A on
+# issue 16). 1024 at once is 64 MiB, which tune.lua.maxmem has room for (haproxy/lua.py).
+SMALL_BODIES = 1024
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LOCALHOST = re.compile(r"(localhost|localhost\.)(:[0-9]+)?")
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] ais_[A-Za-z0-9_-]{43}")
@@ -84,20 +89,22 @@ class Outcome:
 
 
 def body_classes(max_body: int, budget: int) -> list[tuple[str, int, int]]:
-    """(class, upper size, at most at once) for bodies over SMALL_BODY: size classes up to 1, 4,
-    16, 64 MiB ... (the last one max_body), each allowed an equal share of `budget`, so that
-    together they never hold more than it."""
+    """(class, upper size, at most at once), smallest first: b0, bodies up to SMALL_BODY,
+    SMALL_BODIES at once; then size classes up to 1, 4, 16, 64 MiB ... (the last one
+    max_body), each allowed an equal share of `budget`, so that together they never hold more
+    than it."""
     uppers, upper = [], 1 << 20
     while upper < max_body:
         uppers.append(upper)
         upper <<= 2
     uppers.append(max_body)
     share = budget // len(uppers)
-    return [(f"b{i}", u, max(1, share // u)) for i, u in enumerate(uppers, start=1)]
+    large = [(f"b{i}", u, max(1, share // u)) for i, u in enumerate(uppers, start=1)]
+    return [("b0", SMALL_BODY, SMALL_BODIES)] + large
 
 
 def body_class(length: int, classes: list[tuple[str, int, int]]) -> tuple[str, int] | None:
-    if length <= SMALL_BODY:
+    if length <= 0:
         return None
     return next(((name, limit) for name, upper, limit in classes if length <= upper), None)
 

@@ -12,8 +12,56 @@ local find, byte, sub, lower, concat = string.find, string.byte, string.sub, str
 
 local M = {}
 
-local function skip_ws(s, i)
-  return find(s, "[^ \t\r\n]", i)
+-- No search below runs over more than a bounded stretch of the body between two questions
+-- to `late()`: one search is a C call the budget cannot cut nor HAProxy's forced yield
+-- interrupt, and a 32 MiB body with no delimiter in it (`{` and 32 MiB of `x`) was one search
+-- of 0.4 s, holding every other request on the thread (attacker's finding C on issue 16).
+
+-- The next structural character ({ } [ ] ") at or after `pos`, or nil: one memchr-fast plain
+-- search per character, each kept until the scan passes it, so every byte is searched once
+-- per character, with nothing copied. A class search ('[{}%[%]"]') tries the class at every
+-- byte: 13 ms a MiB, where a plain search is well under 1.
+local huge = math.huge
+
+local function delimiters(s)
+  local o, c, lo, lc, q = 0, 0, 0, 0, 0   -- the next of each, huge when none is left
+  return function(pos)
+    if o < pos then o = find(s, "{", pos, true) or huge end
+    if c < pos then c = find(s, "}", pos, true) or huge end
+    if lo < pos then lo = find(s, "[", pos, true) or huge end
+    if lc < pos then lc = find(s, "]", pos, true) or huge end
+    if q < pos then q = find(s, '"', pos, true) or huge end
+    local best = o
+    if c < best then best = c end
+    if lo < best then best = lo end
+    if lc < best then best = lc end
+    if q < best then best = q end
+    if best ~= huge then return best end
+  end
+end
+
+-- The first byte at or after `i` that is not JSON whitespace, or nil; nil, "slow" when
+-- `spent` says the time is up. A short run is stepped over byte by byte; a long one is
+-- searched in windows that double up to 64 KiB, `spent` asked after each.
+local WS = { [32] = true, [9] = true, [13] = true, [10] = true }
+local WINDOW = 64 * 1024
+
+local function skip_ws(s, i, spent)
+  for _ = 1, 8 do
+    local b = byte(s, i)
+    if not b then return nil end
+    if not WS[b] then return i end
+    i = i + 1
+  end
+  local size = 256
+  while i <= #s do
+    local k = find(sub(s, i, i + size - 1), "[^ \t\r\n]")
+    if k then return i + k - 1 end
+    i = i + size
+    if spent(size) then return nil, "slow" end
+    if size < WINDOW then size = size * 2 end
+  end
+  return nil
 end
 
 -- The closing quote of the JSON string whose opening quote is at i, and the quotes and
@@ -115,13 +163,15 @@ end
 -- judged anyway, so nothing an engine might read escapes the check.
 function M.body_models(body, late, ollama, kinds)
   kinds = kinds or {}
-  local first = skip_ws(body, 1)
+  local spent = meter(late)
+  local first, why = skip_ws(body, 1, spent)
+  if why then return nil, why end
   if not first or byte(body, first) ~= 123 then return kinds end  -- not a JSON object: names nothing
   if #kinds > 1 then return kinds end
   local depth, pos = 0, first
-  local spent = meter(late)
+  local next_delimiter = delimiters(body)
   while true do
-    local s = find(body, '[{}%[%]"]', pos)
+    local s = next_delimiter(pos)
     if not s then break end
     if spent(1) then return nil, "slow" end
     local c = byte(body, s)
@@ -131,7 +181,8 @@ function M.body_models(body, late, ollama, kinds)
       if spent(turns) then return nil, "slow" end
       pos = e + 1
       if depth == 1 and e - s - 1 <= MAX_KEY then
-        local colon = skip_ws(body, pos)
+        local colon, cwhy = skip_ws(body, pos, spent)
+        if cwhy then return nil, cwhy end
         if colon and byte(body, colon) == 58 then
           local key = sub(body, s + 1, e - 1)
           if find(key, "\\", 1, true) then
@@ -140,7 +191,8 @@ function M.body_models(body, late, ollama, kinds)
           end
           key = lower(key)
           if key == "model" or key == "name" then
-            local v = skip_ws(body, colon + 1)
+            local v, vwhy = skip_ws(body, colon + 1, spent)
+            if vwhy then return nil, vwhy end
             if v and byte(body, v) == 34 then
               local ve, vturns = string_end(body, v, late)
               if not ve then return nil, vturns or "the request body is not valid JSON" end

@@ -16,24 +16,29 @@ from __future__ import annotations
 
 from importlib import resources
 
+from ai_server.access.policy import SMALL_BODIES, SMALL_BODY
+
 LUA = "ai_server.lua"
 # The variables it reads, set in haproxy.cfg's global section (render.py).
 HOLD_MS, SCAN_MS, OLLAMA = "proc.ais_hold_ms", "proc.ais_scan_ms", "proc.ais_ollama"
 # The model check's time on one body; a body it cannot read in that time is refused (413).
-# The worst a client can send (a body of nothing but tiny strings) takes ~50 ms a MiB here.
+# The worst a client can send (a body of nothing but tiny strings) takes ~50 ms a MiB here
+# (lua5.3 alone: 45 ms, 36 before the plain delimiter searches of finding C).
 SCAN_BUDGET_MS = 1000
 # HAProxy's own limit on a Lua action's run time (sleeps not counted): past it the action is
 # cut, and the request, its verdict never set, refused.
 LUA_TIMEOUT_MS = 2000
 # Lua's memory, all threads together (tune.lua.maxmem): each body the model check reads is
-# copied into Lua once, so the buffered bodies' bound (proxy.body_memory_mb) plus room for
-# the small ones it does not count. Past it an allocation fails, the check with it, and the
-# request is refused (413): Lua's emergency collection runs first, so garbage never refuses.
+# copied into Lua once, so the large bodies' bound (proxy.body_memory_mb), the small ones'
+# (access/policy.py: SMALL_BODIES of SMALL_BODY), and room. Past it an allocation fails, and
+# HAProxy 2.6 can abort the worker for it (attacker's finding A), so the bodies' bounds keep
+# the copies within it. Lua's emergency collection runs first, so garbage never counts.
 LUA_HEADROOM_MB = 64
 
 
 def maxmem_mb(body_memory_bytes: int) -> int:
-    return -(-body_memory_bytes // (1 << 20)) + LUA_HEADROOM_MB
+    small_mb = SMALL_BODIES * SMALL_BODY >> 20
+    return -(-body_memory_bytes // (1 << 20)) + small_mb + LUA_HEADROOM_MB
 
 
 def source() -> str:

@@ -241,13 +241,14 @@ def _admitted() -> list[str]:
 def _body(spec: RenderInput) -> list[str]:
     proxy = spec.config.proxy
     classes = policy.body_classes(proxy.max_body_bytes, proxy.body_memory_bytes)
-    full = refusal(503, "bodies", "too many large request bodies in flight (proxy.body_memory_mb)",
+    full = refusal(503, "bodies", "too many request bodies in flight (proxy.body_memory_mb)",
                    headers=(("Retry-After", str(RETRY_S)),))
     lines = [
-        f"    # The memory bodies take, bounded (proxy.body_memory_mb): bodies over {policy.SMALL_BODY // 1024} KiB count",
-        "    # in size classes, each class allowed an equal share, by its largest size.",
+        f"    # The memory bodies take, bounded: bodies up to {policy.SMALL_BODY // 1024} KiB, {policy.SMALL_BODIES} at once (b0);",
+        "    # larger ones (proxy.body_memory_mb) in size classes, each class allowed an equal share,",
+        "    # by its largest size.",
     ]
-    lower = policy.SMALL_BODY
+    lower = 0
     for name, upper, _limit in classes:
         lines.append(f"    http-request set-var(txn.bclass) str({name}) if {{ req.hdr_val(content-length) gt {lower} }}")
         lower = upper
