@@ -156,10 +156,11 @@ def test_a_stalled_large_body_gets_408_and_never_reaches_the_engine(make_stack: 
 
 
 def test_bodies_over_the_memory_budget_wait_their_turn(make_stack: Any) -> None:
-    """proxy.body_memory_mb bounds what bodies over 64 KiB take at once: with 2 MiB for 1 MiB
-    bodies, two may be in the proxy; a third gets 503 and Retry-After before it sends its
-    body, and is served once one of them is done."""
-    stack = start(make_stack, "max_body_mb = 1\nbody_memory_mb = 2\nrequest_timeout = 30\n")
+    """proxy.body_memory_mb bounds what bodies over 64 KiB take at once, each counted twice
+    (its buffer and the model check's copy): with 4 MiB for 1 MiB bodies, two may be in the
+    proxy; a third gets 503 and Retry-After before it sends its body, and is served once one
+    of them is done."""
+    stack = start(make_stack, "max_body_mb = 1\nbody_memory_mb = 4\nrequest_timeout = 30\n")
     body = chat_body(MIB, "smollm2:135m")
     holders = [socket.create_connection((PROXY_HOST, stack.proxy_port)) for _ in range(2)]
     try:

@@ -110,9 +110,10 @@ def test_body_classes_never_hold_more_than_the_budget_together() -> None:
         small, *classes = policy.body_classes(int(max_mb * 2**20), budget_mb * 2**20)
         assert small == ("b0", policy.SMALL_BODY, policy.SMALL_BODIES)
         assert classes[-1][1] == int(max_mb * 2**20) and [c[0] for c in classes] == [f"b{i}" for i in range(1, len(classes) + 1)]
-        assert sum(upper * limit for _, upper, limit in classes) <= max(budget_mb * 2**20, len(classes) * max_mb * 2**20)
+        # Twice each: the buffer and the model check's copy.
+        assert sum(2 * upper * limit for _, upper, limit in classes) <= max(budget_mb * 2**20, len(classes) * 2 * max_mb * 2**20)
     assert [(u >> 10, n) for _, u, n in policy.body_classes(32 << 20, 512 << 20)] == [
-        (64, 1024), (1 << 10, 128), (4 << 10, 32), (16 << 10, 8), (32 << 10, 4)]
+        (64, 1024), (1 << 10, 64), (4 << 10, 16), (16 << 10, 4), (32 << 10, 2)]
 
 
 def test_small_bodies_are_counted_too() -> None:
@@ -121,7 +122,7 @@ def test_small_bodies_are_counted_too() -> None:
     1024 at once, within what tune.lua.maxmem leaves beside body_memory_mb."""
     classes = policy.body_classes(32 << 20, 512 << 20)
     assert policy.body_class(1, classes) == ("b0", 1024) == policy.body_class(64 * 1024, classes)
-    assert policy.body_class(64 * 1024 + 1, classes) == ("b1", 128) and policy.body_class(0, classes) is None
+    assert policy.body_class(64 * 1024 + 1, classes) == ("b1", 64) and policy.body_class(0, classes) is None
     assert lua.maxmem_mb(512 << 20) >= 512 + (policy.SMALL_BODIES * policy.SMALL_BODY >> 20) + lua.LUA_HEADROOM_MB
 
 
