@@ -184,25 +184,48 @@ def test_small_bodies_are_counted_and_bounded_too(make_stack: Any) -> None:
     """Attacker's finding A on issue 16: bodies of 64 KiB or less were counted nowhere, and
     2,000 of them judged at once beside full body classes took the model check's Lua copies
     past tune.lua.maxmem: the HAProxy worker aborted. They are a class of their own now (b0,
-    policy.SMALL_BODIES at once, 1024; made 3 here). (Fails on today's main: the fourth is
-    read and served.)"""
+    policy.SMALL_BODIES at once, 1024; made 3 here), counted once they have arrived: counted
+    from their headers (pass 9), one client holding 1024 requests that never sent their body
+    shut every other client's bodies out. (Fails on today's main: the fourth is served; and
+    on the commit before this one, the request after three held headers gets 503.)"""
     stack = start(make_stack, "request_timeout = 30\n", timers={"ai_server.access.policy.SMALL_BODIES": 3})
     body = chat_body(60 * 1024, "smollm2:135m")
-    holders = [socket.create_connection((PROXY_HOST, stack.proxy_port)) for _ in range(3)]
+    sock_path = stack.state_dir / "haproxy.sock"
+    waiting = [socket.create_connection((PROXY_HOST, stack.proxy_port)) for _ in range(3)]
+    holders: list[socket.socket] = []
     try:
+        for sock in waiting:
+            sock.sendall(head(stack, len(body)) + body[:1000])  # arrived, body still coming
+        assert send(stack, head(stack, len(body)) + body, timeout=20)[0] == 200
+        assert runtime.table(sock_path, "bodies").get("b0", {}).get("use", 0) == 0
+        stack.hold()  # generations stay in flight, their bodies with them
+        holders = [socket.create_connection((PROXY_HOST, stack.proxy_port)) for _ in range(3)]
         for sock in holders:
-            sock.sendall(head(stack, len(body)) + body[:1000])
-        sock_path = stack.state_dir / "haproxy.sock"
+            sock.sendall(head(stack, len(body)) + body)
         wait_for(lambda: runtime.table(sock_path, "bodies").get("b0", {}).get("use") == 3, 30,
                  what="three small bodies counted")
-        fourth = send(stack, head(stack, len(body)), timeout=20)
+        fourth = send(stack, head(stack, len(body)) + body, timeout=20)
         assert fourth[0] == 503 and json.loads(fourth[1])["reason"] == "bodies", fourth
-        holders[0].sendall(body[1000:])
+        stack.release()
         assert answer(holders[0])[0] == 200
     finally:
-        for sock in holders:
+        stack.release()
+        for sock in waiting + holders:
             sock.close()
     assert wait_for(lambda: send(stack, head(stack, len(body)) + body)[0] == 200, what="room again")
+
+
+def test_a_long_run_of_whitespace_is_held_to_the_scan_budget(make_stack: Any) -> None:
+    """Attacker's pass 9: the check's clock is HAProxy's, read between tasks; a scan that
+    never yielded read one time throughout. Whitespace, searched in 64 KiB windows, is a few
+    Lua instructions a window, so HAProxy never forced a yield, and a 200 MiB body of it was
+    judged in 2.7 s past a 1 s budget, every other request held meanwhile. The check yields
+    whenever it asks the clock now. Budget made 1 ms here. (Fails on the commit before: 200.)"""
+    stack = start(make_stack, "max_body_mb = 8\n", timers={"ai_server.haproxy.lua.SCAN_BUDGET_MS": 1})
+    body = b'{"model"' + b" " * (6 << 20) + b':"smollm2:135m","messages":[]}'
+    status, text = send(stack, head(stack, len(body)) + body, timeout=60)
+    assert status == 413 and json.loads(text)["reason"] == "body_unjudged", text[:300]
+    assert reached(stack) == []
 
 
 def test_a_model_check_that_is_cut_short_refuses(make_stack: Any) -> None:

@@ -14,7 +14,7 @@ from ai_server.access.policy import Counts, Limits, Request, decide
 from ai_server.access.tailnet import Detection
 from ai_server.access.tailscale import Peer
 from ai_server.base import tomlfile
-from ai_server.haproxy import lua, maps
+from ai_server.haproxy import lua, maps, meter
 
 ALLOW = allowlist.parse(tomlfile.default_text("allowlist.toml"))
 SUFFIX = "tail1234.ts.net"
@@ -123,7 +123,18 @@ def test_small_bodies_are_counted_too() -> None:
     classes = policy.body_classes(32 << 20, 512 << 20)
     assert policy.body_class(1, classes) == ("b0", 1024) == policy.body_class(64 * 1024, classes)
     assert policy.body_class(64 * 1024 + 1, classes) == ("b1", 64) and policy.body_class(0, classes) is None
-    assert lua.maxmem_mb(512 << 20) >= 512 + (policy.SMALL_BODIES * policy.SMALL_BODY >> 20) + lua.LUA_HEADROOM_MB
+
+
+def test_lua_memory_has_room_for_every_body_the_classes_admit() -> None:
+    """Attacker's pass 9: every class admits one body whatever its share, so max_body_mb 100
+    with body_memory_mb 100 admitted copies of 262 MiB into a Lua capped at 228 (the budget
+    and room): the worker aborted. tune.lua.maxmem is what the classes admit now, with the
+    metering filter's copy of each answer in flight and room beside."""
+    for max_mb, budget_mb in ((32, 512), (100, 100), (200, 200), (1, 1), (200, 8)):
+        admitted = sum(upper * limit for _, upper, limit in policy.body_classes(max_mb << 20, budget_mb << 20))
+        for answers in (1, 4, 64):
+            room = lua.maxmem_mb(max_mb << 20, budget_mb << 20, answers) << 20
+            assert room >= admitted + (answers + 1) * meter.MAX_JSON + (lua.LUA_HEADROOM_MB << 20)
 
 
 # -- the maps ---------------------------------------------------------------------------------

@@ -307,11 +307,24 @@ end
 -- The model, into txn.model, and the verdict into txn.model_verdict. haproxy.cfg refuses a
 -- request whose verdict was never set (this action failed or was cut short): the default is
 -- refusal, never a pass.
+-- `late()` yields first, every time it is asked: core.now() is the time HAProxy last read its
+-- clock, which it does only between tasks, so a scan that never gave the thread back read
+-- the same time throughout and its budget never ran out (attacker's pass 9: 32 MiB of
+-- whitespace, a few Lua instructions a 64 KiB window and so never forced to yield, held every
+-- other request 2 s, 200 MiB of it past the 1 s budget and the 2 s Lua timeout). Yielding
+-- also lets the requests waiting on the one thread run between two stretches of the scan.
+local function deadline_after(budget)
+  local deadline = now_ms() + budget
+  return function()
+    core.yield()
+    return now_ms() > deadline
+  end
+end
+
 core.register_action("ai_server_model", { "http-req" }, function(txn)
   local budget = tonumber(txn:get_var("proc.ais_scan_ms")) or 0
-  local deadline = now_ms() + budget
   local verdict, detail = M.judge(txn.f:path() or "", txn.f:req_body(), M.rules(txn:get_var("txn.model_rules")),
-                                  txn:get_var("proc.ais_ollama") == 1, function() return now_ms() > deadline end)
+                                  txn:get_var("proc.ais_ollama") == 1, deadline_after(budget))
   if verdict == "ok" and detail then txn:set_var("txn.model", detail) end
   if verdict == "bad" then txn:set_var("txn.model_problem", detail) end
   txn:set_var("txn.model_verdict", verdict)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ai_server.access.policy import SMALL_BODIES, SMALL_BODY
+from ai_server.access import policy
+from ai_server.haproxy import meter
 
 LUA = "ai_server.lua"
 # The variables it reads, set in haproxy.cfg's global section (render.py).
@@ -28,17 +29,21 @@ SCAN_BUDGET_MS = 1000
 # HAProxy's own limit on a Lua action's run time (sleeps not counted): past it the action is
 # cut, and the request, its verdict never set, refused.
 LUA_TIMEOUT_MS = 2000
-# Lua's memory, all threads together (tune.lua.maxmem): each body the model check reads is
-# copied into Lua once, so the large bodies' bound (proxy.body_memory_mb), the small ones'
-# (access/policy.py: SMALL_BODIES of SMALL_BODY), and room. Past it an allocation fails, and
-# HAProxy 2.6 can abort the worker for it (attacker's finding A), so the bodies' bounds keep
-# the copies within it. Lua's emergency collection runs first, so garbage never counts.
+# Lua's memory, all threads together (tune.lua.maxmem). Past it an allocation fails, and
+# HAProxy 2.6 can abort the worker for it (attacker's finding A), so it has room for all that
+# the bounds let in at once: a copy of each body the model check reads, as many as the body
+# classes admit (policy.body_classes: every class admits one, so with a large max_body_mb
+# and a small body_memory_mb they hold more than the budget: 262 MiB against 100 took the
+# worker down, attacker's pass 9); the metering filter's copy of each non-streamed answer it
+# reads (meter.MAX_JSON, one per generation in flight, and one more while one is read); and
+# room. Lua's emergency collection runs first, so garbage never counts.
 LUA_HEADROOM_MB = 64
 
 
-def maxmem_mb(body_memory_bytes: int) -> int:
-    small_mb = SMALL_BODIES * SMALL_BODY >> 20
-    return -(-body_memory_bytes // (1 << 20)) + small_mb + LUA_HEADROOM_MB
+def maxmem_mb(max_body_bytes: int, body_memory_bytes: int, answers: int) -> int:
+    """`answers`: how many metered answers can be in flight at once (the generation slots)."""
+    bodies = sum(upper * limit for _, upper, limit in policy.body_classes(max_body_bytes, body_memory_bytes))
+    return -(-(bodies + (answers + 1) * meter.MAX_JSON) >> 20) + LUA_HEADROOM_MB
 
 
 def source() -> str:

@@ -59,6 +59,11 @@ def ollama_names(config: Config) -> bool:
     return config.engine.kind == "ollama" and not config.fronting
 
 
+def answers_at_once(spec: RenderInput) -> int:
+    """Metered answers in flight at most: one per generation slot, the engine's and the nodes'."""
+    return spec.config.engine.slots + sum(slots for _, slots in spec.node_slots)
+
+
 def _global(spec: RenderInput) -> list[str]:
     proxy = spec.config.proxy
     lines = [
@@ -97,8 +102,8 @@ def _global(spec: RenderInput) -> list[str]:
             f"    set-var {SCAN_MS} int({lua.SCAN_BUDGET_MS})",
             f"    set-var {OLLAMA} int({int(ollama_names(spec.config))})",
             f"    tune.lua.session-timeout {lua.LUA_TIMEOUT_MS}ms",
-            "    # Lua's memory: a copy of each body being judged (proxy.body_memory_mb) and room.",
-            f"    tune.lua.maxmem {lua.maxmem_mb(proxy.body_memory_bytes)}",
+            "    # Lua's memory: a copy of each body the classes admit, of each answer metered, and room.",
+            f"    tune.lua.maxmem {lua.maxmem_mb(proxy.max_body_bytes, proxy.body_memory_bytes, answers_at_once(spec))}",
             f"    lua-load-per-thread {LUA}",
             "    # Metering: what each generation cost, read from the engine's answer as it passes.",
             f"    lua-load-per-thread {meter.METER_LUA}",

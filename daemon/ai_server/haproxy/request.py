@@ -244,16 +244,17 @@ def _body(spec: RenderInput) -> list[str]:
     full = refusal(503, "bodies", "too many request bodies in flight (proxy.body_memory_mb)",
                    headers=(("Retry-After", str(RETRY_S)),))
     lines = [
-        f"    # The memory bodies take, bounded: bodies up to {policy.SMALL_BODY // 1024} KiB, {policy.SMALL_BODIES} at once (b0);",
-        "    # larger ones (proxy.body_memory_mb) in size classes, each class allowed an equal share,",
-        "    # by its largest size.",
+        "    # The memory bodies take, bounded: bodies over 64 KiB (proxy.body_memory_mb) in size",
+        "    # classes, each class allowed an equal share, by its largest size, counted from their",
+        "    # headers, before a byte of them is read; smaller ones (b0) below, once they have arrived.",
     ]
-    lower = 0
-    for name, upper, _limit in classes:
+    (small, _, small_limit), large = classes[0], classes[1:]
+    lower = policy.SMALL_BODY
+    for name, upper, _limit in large:
         lines.append(f"    http-request set-var(txn.bclass) str({name}) if {{ req.hdr_val(content-length) gt {lower} }}")
         lower = upper
     lines.append("    http-request track-sc2 var(txn.bclass) table bodies if { var(txn.bclass) -m found }")
-    for name, upper, limit in classes:
+    for name, upper, limit in large:
         lines += [f"    # {name}: bodies up to {upper // 1024} KiB, {limit} at once",
                   f"    http-request {full} if {{ var(txn.bclass) -m str {name} }} {{ sc2_trackers gt {limit} }}"]
     unjudged = refusal(413, "body_unjudged", "the request body did not fit the proxy buffer whole")
@@ -265,6 +266,12 @@ def _body(spec: RenderInput) -> list[str]:
         f"    http-request wait-for-body time {ms(proxy.request_timeout)} at-least {proxy.max_body_bytes} if has_body",
         "    http-request set-var(txn.clen) req.body_size if has_body",
         f"    http-request {unjudged} if has_body {{ req.body_len,sub(txn.clen) lt 0 }}",
+        f"    # {small}: bodies up to {policy.SMALL_BODY // 1024} KiB, {small_limit} at once, counted once they have arrived:",
+        "    # what they bound is the model check's copies, and counted from their headers, one",
+        "    # client holding that many requests without a body shut out every other body.",
+        f"    http-request set-var(txn.bclass) str({small}) if has_body !{{ var(txn.bclass) -m found }}",
+        f"    http-request track-sc2 var(txn.bclass) table bodies if {{ var(txn.bclass) -m str {small} }}",
+        f"    http-request {full} if {{ var(txn.bclass) -m str {small} }} {{ sc2_trackers gt {small_limit} }}",
         "",
     ]
 
