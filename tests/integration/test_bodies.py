@@ -228,6 +228,19 @@ def test_a_long_run_of_whitespace_is_held_to_the_scan_budget(make_stack: Any) ->
     assert reached(stack) == []
 
 
+def test_a_body_of_slow_names_is_held_to_the_scan_budget(make_stack: Any) -> None:
+    """Attacker's pass 10: HAProxy's clock (core.now) did not move across the check's yields
+    when the work between two was long, so the budget and HAProxy's own Lua timeout never
+    fired: 60,000 names of 255 colons and a "/" were judged in 8.2 s, holding every other
+    request. The budget is the process's CPU time now. Budget made 1 ms; 1 MiB of such names.
+    (Fails on the commit before: 200.)"""
+    stack = start(make_stack, "max_body_mb = 8\n", timers={"ai_server.haproxy.lua.SCAN_BUDGET_MS": 1})
+    body = b"{" + (b'"model":"' + b":" * 255 + b'/",') * 4000 + b'"messages":[]}'
+    status, text = send(stack, head(stack, len(body)) + body, timeout=60)
+    assert status == 413 and json.loads(text)["reason"] == "body_unjudged", text[:300]
+    assert reached(stack) == []
+
+
 def test_a_model_check_that_is_cut_short_refuses(make_stack: Any) -> None:
     """HAProxy cuts a Lua action that runs past tune.lua.session-timeout (or that fails) and
     then carries on with the request, its model never read. The verdict defaults to refusal

@@ -128,6 +128,28 @@ def test_no_search_runs_over_a_long_stretch_of_the_body_between_two_questions(bo
         assert lua_judge([(CHAT, body)], late=True) == [("slow", "")]
 
 
+@needs_lua
+def test_comparing_names_is_linear_and_counted_by_their_bytes() -> None:
+    """Attacker's pass 10: Ollama's implicit ":latest" was found with the pattern ":[^/]*$",
+    which backtracks: 255 colons and a "/" took 32,000 steps, yet a name counted as one unit
+    of work, so a body of such pairs asked the clock every 0.55 s and held the proxy's thread
+    8 s. The tag is found by plain searches now, and a name counts its bytes. Here the CPU
+    time of a slow-shaped name against a plain one of the same length (the old code: some
+    100 times), and how often 4,000 such pairs ask the clock (the old code: twice)."""
+    script = (f"local M = dofile('{LUA_FILE}'); "
+              "local function cpu(name) local t = os.clock(); for _ = 1, 3000 do M.normalize(name, true) end; "
+              "return os.clock() - t end; "
+              "local slow, plain = cpu(string.rep(':', 255) .. '/'), cpu(string.rep('a', 256)); "
+              "local body = '{' .. string.rep('\"model\":\"' .. string.rep(':', 255) .. '/\",', 4000) .. '\"x\":1}'; "
+              "local asks = 0; M.judge('/v1/chat/completions', body, {}, true, function() asks = asks + 1; return false end); "
+              "io.write(slow / plain, ' ', asks)")
+    out = subprocess.run([str(LUA), "-e", script], capture_output=True, check=True, timeout=60).stdout.split()
+    assert float(out[0]) < 10, out
+    assert int(out[1]) >= 4000 * 256 // 4096 - 8, out
+    assert lua_judge([(CHAT, b'{"model":"' + b":" * 255 + b'/"}')]) == [("ok", ":" * 255 + "/:latest")]
+    assert modelscan.normalize(":" * 255 + "/", True) == ":" * 255 + "/:latest"
+
+
 def lua_allocates(body: bytes) -> float:
     """KiB the check allocates judging `body` (the collector stopped, so nothing is freed)."""
     script = (f"local M = dofile('{LUA_FILE}'); local body = io.read('a'); collectgarbage('stop'); "

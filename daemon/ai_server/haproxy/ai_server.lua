@@ -204,6 +204,8 @@ function M.body_models(body, late, ollama, kinds)
                 value = M.unescape(value)
               end
               if not value then return nil, "the model name has a malformed escape" end
+              -- Comparing a name is work on each of its bytes, not one unit.
+              if spent(#value) then return nil, "slow" end
               if add_kind(kinds, value, ollama) then return kinds end
               pos = ve + 1
             elseif v and sub(body, v, v + 3) ~= "null" then
@@ -228,7 +230,17 @@ end
 function M.normalize(name, ollama)
   name = lower(name)
   if #name == 0 or #name > 256 or not find(name, "^[a-z0-9%._:/%-]+$") then return nil end
-  if ollama and not find(name, ":[^/]*$") then name = name .. ":latest" end
+  if ollama then
+    -- A tag is a ":" after the last "/". Plain searches: the pattern ":[^/]*$" backtracks,
+    -- 32,000 steps for 255 colons and a "/", and a body of such names held the proxy's one
+    -- thread 8 s (attacker's pass 10).
+    local last, at = 0, find(name, "/", 1, true)
+    while at do
+      last = at
+      at = find(name, "/", at + 1, true)
+    end
+    if not find(name, ":", last + 1, true) then name = name .. ":latest" end
+  end
   return name
 end
 
@@ -299,25 +311,24 @@ core.register_action("ai_server_hold", { "http-req" }, function(txn)
   end
 end, 0)
 
-local function now_ms()
-  local t = core.now()
-  return t.sec * 1000 + t.usec / 1000
-end
-
 -- The model, into txn.model, and the verdict into txn.model_verdict. haproxy.cfg refuses a
 -- request whose verdict was never set (this action failed or was cut short): the default is
 -- refusal, never a pass.
--- `late()` yields first, every time it is asked: core.now() is the time HAProxy last read its
--- clock, which it does only between tasks, so a scan that never gave the thread back read
--- the same time throughout and its budget never ran out (attacker's pass 9: 32 MiB of
--- whitespace, a few Lua instructions a 64 KiB window and so never forced to yield, held every
--- other request 2 s, 200 MiB of it past the 1 s budget and the 2 s Lua timeout). Yielding
--- also lets the requests waiting on the one thread run between two stretches of the scan.
-local function deadline_after(budget)
-  local deadline = now_ms() + budget
+-- The budget is the process's CPU time (os.clock), not core.now(): that is the time HAProxy
+-- last read its clock, which it does between tasks, and a scan that does not give the thread
+-- back for long read one time throughout, across its own yields too (attacker's passes 9
+-- and 10: 200 MiB of whitespace judged in 2.7 s, bodies of slow names in 16 s, against a 1 s
+-- budget; HAProxy's own Lua timeout, on the same clock, never fired either). On the one
+-- thread, CPU time while the scan runs is the time it holds the others up; what the others
+-- spend while it yields counts against it too, which errs toward refusing. `late()` yields
+-- whenever it is asked, so the requests waiting on the thread run between two stretches.
+local clock = os.clock
+
+local function deadline_after(budget_ms)
+  local deadline = clock() + budget_ms / 1000
   return function()
     core.yield()
-    return now_ms() > deadline
+    return clock() > deadline
   end
 end
 
