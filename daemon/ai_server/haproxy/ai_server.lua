@@ -2,7 +2,7 @@
 -- (haproxy/lua.py); nothing in it is generated, and nothing a user wrote reaches it. What
 -- changes while HAProxy runs reaches it through variables that haproxy.cfg sets:
 --   proc.ais_hold_ms   how long a request may wait for a restarting engine (global set-var)
---   proc.ais_scan_ms   how long the model check may take on one body (global set-var)
+--   proc.ais_scan_ms   how much CPU time the model check may take on one body (global set-var)
 --   proc.ais_ollama    1 when names compare as Ollama's, with its implicit ":latest"
 --   txn.model_rules    the allowlist's {model} rules as prefix|suffix pairs (model-paths.map)
 --

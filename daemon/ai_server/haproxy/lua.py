@@ -22,7 +22,8 @@ from ai_server.haproxy import meter
 LUA = "ai_server.lua"
 # The variables it reads, set in haproxy.cfg's global section (render.py).
 HOLD_MS, SCAN_MS, OLLAMA = "proc.ais_hold_ms", "proc.ais_scan_ms", "proc.ais_ollama"
-# The model check's time on one body; a body it cannot read in that time is refused (413).
+# The model check's time on one body, as HAProxy's CPU time (ai_server.lua says why not its
+# clock); a body it cannot read in that time is refused (413).
 # The worst a client can send (a body of nothing but tiny strings) takes ~50 ms a MiB here
 # (lua5.3 alone: 45 ms, 36 before the plain delimiter searches of finding C).
 SCAN_BUDGET_MS = 1000
