@@ -193,7 +193,8 @@ class ProxyConfig:
                               read=lambda v: int(v * MIB), write=lambda b: b / MIB)
     # HAProxy holds a body whole while the model check reads it: this bounds them all together.
     body_memory_bytes: int = key(
-        512 * MIB, "MiB bodies over 64 KiB may take in HAProxy at once, each counted twice (buffer, check's copy); past it 503, unread",
+        512 * MIB,
+        "MiB bodies over 64 KiB may take in HAProxy at once, each counted twice (buffer, check's copy); past it 503, unread",
         toml="body_memory_mb", kinds=(int, float),
         check=lambda v: None if 0 < v <= 1 << 20 else "must be more than 0 (MiB)",
         read=lambda v: int(v * MIB), write=lambda b: b / MIB)
