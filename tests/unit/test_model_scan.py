@@ -23,6 +23,7 @@ from ai_server.access import modelscan
 ROOT = Path(__file__).resolve().parents[2]
 LUA_FILE = ROOT / "daemon" / "ai_server" / "haproxy" / "ai_server.lua"
 DRIVER = ROOT / "tests" / "fixtures" / "lua_judge.lua"
+WIDEST_FIND = ROOT / "tests" / "fixtures" / "widest_find.lua"
 LUA = shutil.which("lua5.3")
 GO = shutil.which("go")
 needs_lua = pytest.mark.skipif(LUA is None, reason="needs Debian's lua5.3 (.ci/dev test installs it)")
@@ -94,14 +95,11 @@ def lua_widest_pattern_search(body: bytes) -> tuple[str, int, int]:
     """The verdict on `body`, the most bytes one pattern (not plain) search stepped over
     judging it, and how often the clock was asked. string.find is wrapped before the check is
     loaded, so its searches are the ones measured."""
-    script = ("local find, widest = string.find, 0; "
-              "string.find = function(s, p, init, plain) local a = find(s, p, init, plain); "
-              "if not plain then widest = math.max(widest, (a or #s + 1) - (init or 1)) end; "
-              "return find(s, p, init, plain) end; "
-              f"local M = dofile('{LUA_FILE}'); local body = io.read('a'); local asks = 0; "
+    script = (f"local widest = dofile('{WIDEST_FIND}'); local M = dofile('{LUA_FILE}'); "
+              "local body = io.read('a'); local asks = 0; "
               "local verdict = M.judge('/v1/chat/completions', body, {}, true, "
               "function() asks = asks + 1; return false end); "
-              "io.write(verdict, ' ', widest, ' ', asks)")
+              "io.write(verdict, ' ', widest(), ' ', asks)")
     out = subprocess.run([str(LUA), "-e", script], input=body, capture_output=True, check=True, timeout=60).stdout.split()
     return out[0].decode(), int(out[1]), int(out[2])
 

@@ -248,8 +248,8 @@ def _body(spec: RenderInput) -> list[str]:
         "    # classes, each class allowed an equal share, by its largest size, counted from their",
         "    # headers, before a byte of them is read; smaller ones (b0) below, once they have arrived.",
     ]
-    (small, _, small_limit), large = classes[0], classes[1:]
-    lower = policy.SMALL_BODY
+    (small, small_upper, small_limit), large = classes[0], classes[1:]
+    lower = small_upper
     for name, upper, _limit in large:
         lines.append(f"    http-request set-var(txn.bclass) str({name}) if {{ req.hdr_val(content-length) gt {lower} }}")
         lower = upper
@@ -266,7 +266,7 @@ def _body(spec: RenderInput) -> list[str]:
         f"    http-request wait-for-body time {ms(proxy.request_timeout)} at-least {proxy.max_body_bytes} if has_body",
         "    http-request set-var(txn.clen) req.body_size if has_body",
         f"    http-request {unjudged} if has_body {{ req.body_len,sub(txn.clen) lt 0 }}",
-        f"    # {small}: bodies up to {policy.SMALL_BODY // 1024} KiB, {small_limit} at once, counted once they have arrived:",
+        f"    # {small}: bodies up to {small_upper // 1024} KiB, {small_limit} at once, counted once they have arrived:",
         "    # what they bound is the model check's copies, and counted from their headers, one",
         "    # client holding that many requests without a body shut out every other body.",
         f"    http-request set-var(txn.bclass) str({small}) if has_body !{{ var(txn.bclass) -m found }}",
