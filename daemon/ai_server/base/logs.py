@@ -19,11 +19,51 @@ from typing import Any, TextIO
 
 import structlog
 
+# Not read by any renderer here: LogRecord need not look up the caller's frame, thread,
+# process or multiprocessing name for every record (the logging HOWTO's "Optimization"
+# names these switches, _srcfile included).
+logging._srcfile = None
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
+
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+
+class CountedRotatingHandler(logging.handlers.RotatingFileHandler):
+    """RotatingFileHandler that keeps the file's size as it writes.
+
+    The stdlib's check formats each record a second time and stats and seeks the file for
+    it (Python 3.11): 60% of the supervisor's cost of logging, which it pays twice for every
+    request (its `request` event and the engine's own line). The supervisor is the file's one
+    writer, so what it wrote is the file's size. A file that is not a regular one (/dev/null)
+    is never rotated, as in the stdlib.
+    """
+
+    def __init__(self, filename: Path, maxBytes: int, backupCount: int) -> None:
+        super().__init__(filename, maxBytes=maxBytes, backupCount=backupCount, encoding="utf-8")
+        self.size = self.stream.seek(0, os.SEEK_END) if self.stream is not None else 0
+        self.regular = os.path.isfile(filename)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + self.terminator).encode("utf-8", "backslashreplace")
+            if self.maxBytes > 0 and self.regular and self.size > 0 and self.size + len(data) > self.maxBytes:
+                self.doRollover()
+                self.size = 0
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.buffer.write(data)
+            self.stream.flush()
+            self.size += len(data)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def configure(log_file: Path | None, max_bytes: int = 10 << 20, backups: int = 5,
@@ -53,8 +93,7 @@ def configure(log_file: Path | None, max_bytes: int = 10 << 20, backups: int = 5
     )
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        file_handler = CountedRotatingHandler(log_file, max_bytes, backups)
         file_handler.setFormatter(json_formatter)
         root.addHandler(file_handler)
     console = logging.StreamHandler(stderr)
