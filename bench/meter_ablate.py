@@ -8,7 +8,7 @@ p50/p99 and HAProxy's CPU per stream.
 
 Variants: off (no filter line), on (as shipped), noop (the filter declared, start_analyze
 returns at once), nodata (start lines written, no data filter registered), silent (the data
-filter registered, its http_headers and http_payload return at once).
+filter registered, its http_payload returns at once), nostart (as shipped without the start line).
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ from stats import percentile  # noqa: E402
 from harness import Stack, dispose, free_port, new_stack, port_open, wait_for  # noqa: E402
 
 START = "function Meter:start_analyze(txn, chn)\n"
-HEADERS = "function Meter:http_headers(txn, msg)\n"
 PAYLOAD = "function Meter:http_payload(txn, msg)\n"
 EDITS: dict[str, list[tuple[str, str]] | None] = {
     "off": None,
     "on": [],
     "noop": [(START, START + "  do return end\n")],
     "nodata": [("  filter.register_data_filter(self, chn)\n", "")],
-    "silent": [(HEADERS, HEADERS + "  do return end\n"), (PAYLOAD, PAYLOAD + "  do return end\n")],
+    "silent": [(PAYLOAD, PAYLOAD + "  do return end\n")],
+    "nostart": [("  spool_line(self.starts,", "  if false then spool_line(self.starts,"),
+                ('safe(txn:get_var("txn.path"))))\n', 'safe(txn:get_var("txn.path")))) end\n')],
 }
 
 

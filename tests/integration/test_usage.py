@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -474,3 +475,45 @@ def test_a_corrupt_ledger_is_moved_aside_and_a_new_one_begins(make_stack: Any) -
     assert aside and aside[0].read_bytes().startswith(b"this is not a ledger")
     failed = stack.events("ledger_failed")
     assert failed and "moved aside" in failed[-1]["error"]
+
+
+# -- time to first token -----------------------------------------------------------------------------
+
+
+def first_chunk_then_hold(stack: Stack, hold: Path, path: str, body: dict[str, Any]) -> tuple[float, float]:
+    """A stream whose engine stops after its first token until the hold is released: ms from
+    sending to the first chunk as the client got it, and ms the engine was then held for."""
+    hold.touch()
+    with httpx.Client(timeout=30) as client:
+        start = time.perf_counter()
+        with client.stream("POST", stack.url(path), headers=headers("laptop"), json=body) as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            assert next(chunks)
+            first = (time.perf_counter() - start) * 1000
+            # The gap to measure against, not a wait for an event: the engine is held on purpose.
+            time.sleep(0.4)
+            held = (time.perf_counter() - start) * 1000 - first
+            hold.unlink()
+            for _ in chunks:
+                pass
+    return first, held
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/api/generate", {"model": MODEL, "prompt": "hi"}),
+], ids=["sse", "ndjson-chat", "ndjson-generate"])
+def test_time_to_first_token_is_when_the_first_chunk_passed_though_the_meter_reads_it_later(
+        make_stack: Any, tmp_path: Path, path: str, body: dict[str, Any]) -> None:
+    """The filter keeps the first chunk and reads it with the second, so that no JSON is read
+    before the first token goes on. Its time must still be the first chunk's: the proxy had
+    it before the client did, and long before the engine's second one."""
+    hold = tmp_path / "hold"
+    stack = metered_stack(make_stack, FAKE_OLLAMA_HOLD=str(hold))
+    first, held = first_chunk_then_hold(stack, hold, path, body)
+    event = wait_for(lambda: next(iter(stack.events("request", who="laptop")), None), what="the request event")
+    assert event["usage_source"] in ("engine", "estimated"), event   # metered (OpenAI streams: estimated)
+    assert event["ttft_ms"] is not None and 0 <= event["ttft_ms"] <= first + 1, (event["ttft_ms"], first, held)
+    assert held >= 400

@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from ai_server.haproxy import meter
+from ai_server.haproxy import meter, metering
 
 
 def lua_table(name: str) -> dict[str, str]:
@@ -58,3 +59,35 @@ def test_skipping_what_holds_no_count_searches_no_long_stretch_with_a_pattern() 
                              timeout=60, env={**os.environ, "METER_WALK": f.name}).stdout.decode().split()
     assert out[0] == "true" and out[2:] == ["usage.prompt_tokens=7"], out
     assert int(out[1]) <= 64, out[1]
+
+
+HEAD_CASES = {
+    "200|text/event-stream; charset=utf-8|": "sse",
+    "200|application/x-ndjson|": "nd",
+    "200|Application/JSON|identity": "json",
+    "200|application/json|gzip": "enc",
+    "404|application/json|": "err",
+    "503||": "err",
+    "200|text/plain|": "raw",
+    "|a|b|c": "err",          # a status that is no number: nothing was generated
+}
+
+
+@pytest.mark.skipif(LUA is None, reason="needs Debian's lua5.3 (.ci/dev test installs it)")
+@pytest.mark.parametrize(("head", "mode"), HEAD_CASES.items())
+def test_what_the_answer_is_comes_from_the_head_the_backend_rule_puts_in_a_variable(head: str, mode: str) -> None:
+    """The filter has no http_headers callback (a Lua call on each side of every metered
+    request): metering.py's http-response rule writes the status and headers to txn.meter_head,
+    and Meter:kind reads them on the first chunk."""
+    rule = next(line for line in metering.meter_backend(SimpleNamespace(lua=True)) if "http-response" in line)  # type: ignore[arg-type]
+    assert f"set-var-fmt({meter.HEAD_VAR})" in rule and f'get_var("{meter.HEAD_VAR}")' in meter.source()
+    script = ("core = {register_filter = function(name, class) Meter = class end}; filter = {}; "
+              "dofile(os.getenv('METER_LUA')); "
+              "local txn = {get_var = function(_, name) return name == 'txn.meter_head' and os.getenv('HEAD') or nil end}; "
+              "local m = setmetatable({}, Meter); io.write(tostring(m:kind(txn)))")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(meter.source())
+        f.flush()
+        out = subprocess.run([LUA, "-e", script], capture_output=True, check=True, timeout=30,
+                             env={**os.environ, "METER_LUA": f.name, "HEAD": head}).stdout.decode()
+    assert out == mode

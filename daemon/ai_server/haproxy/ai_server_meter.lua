@@ -1,7 +1,8 @@
 -- ai-server's metering filter (haproxy/meter.py says what and why). A file of the package,
 -- copied as it is into the state dir: nothing in it is generated. What it is told comes as
 -- the filter's arguments in haproxy.cfg (`filter lua.ai_server_meter MAX_JSON STARTS`):
--- the largest non-streamed answer it reads, and the file its start lines go to.
+-- the largest non-streamed answer it reads, and the file its start lines go to; and, for each
+-- answer, its status and headers in txn.meter_head (metering.py's http-response rule).
 -- It reads the engine's answer as it passes and changes none of it.
 -- JSON path -> the short code a count is reported under (observe/usage/meter.py NAMES;
 -- haproxy/meter.py COUNTERS, which tests/unit/test_meter_lua.py holds this to).
@@ -220,16 +221,19 @@ function Meter:start_analyze(txn, chn)
   filter.register_data_filter(self, chn)
 end
 
-function Meter:http_headers(txn, msg)
-  if not self.t0 or not msg.channel:is_resp() then return end
-  local code = tonumber(msg:get_stline().code) or 0
-  local headers = msg:get_headers()
-  local kind = headers["content-type"] and headers["content-type"][0] or ""
-  local coding = headers["content-encoding"] and headers["content-encoding"][0] or ""
-  kind = string.lower(kind)
+-- What the answer is, from its status and headers (an http-response rule puts them in
+-- txn.meter_head, "status|content-type|content-encoding"), read on its first chunk or, when
+-- none came, at the end. An http_headers callback instead would be one more Lua call on each
+-- side of every metered request, one of them between the answer's headers and its first byte
+-- (bench/meter_ablate.py: some 25 µs of time to first token).
+function Meter:kind(txn)
+  local head = txn:get_var("txn.meter_head")
+  if not head then return nil end
+  local code, kind, coding = string.match(head, "^(%d*)|([^|]*)|(.*)$")
+  code, kind, coding = tonumber(code) or 0, string.lower(kind or ""), string.lower(coding or "")
   if code < 200 or code > 299 then
     self.mode = "err"
-  elseif coding ~= "" and string.lower(coding) ~= "identity" then
+  elseif coding ~= "" and coding ~= "identity" then
     self.mode = "enc"
   elseif find(kind, "text/event-stream", 1, true) then
     self.mode = "sse"
@@ -240,6 +244,7 @@ function Meter:http_headers(txn, msg)
   else
     self.mode = "raw"
   end
+  return self.mode
 end
 
 -- One count seen (code, its raw value or kind): how often, first and last, still in order.
@@ -285,7 +290,7 @@ function Meter:read(txn, text)
   self.events = self.events + 1
   if carries then
     self.texts = self.texts + 1
-    if not self.t1 then self.t1 = now_us(txn) end
+    if not self.t1 then self.t1 = self.when or now_us(txn) end
   end
 end
 
@@ -314,24 +319,44 @@ function Meter:lines(txn, final)
   end
 end
 
-function Meter:http_payload(txn, msg)
-  if not self.t0 or not msg.channel:is_resp() then return end
-  local data = msg:body()
-  if not data or #data == 0 then return end
+-- One chunk of the answer, read. `at` is when it came (nil: now), for the time to first token.
+function Meter:take(txn, data, at)
   self.bytes = self.bytes + #data
-  local mode = self.mode
+  local mode = self.mode or self:kind(txn)
+  self.when = at
   if mode == "sse" or mode == "nd" then
     self.buf = self.buf .. data
     self:lines(txn, false)
     if #self.buf > 1048576 then self.buf, self.bad = "", true end   -- no line is that long
   else
-    if not self.t1 then self.t1 = now_us(txn) end
+    if not self.t1 then self.t1 = at or now_us(txn) end
     if mode == "json" then
       self.size = self.size + #data
       if self.size <= self.max_json then self.parts[#self.parts + 1] = data else self.parts, self.big = nil, true end
     end
   end
-  if self.max_ms > 0 and now_us(txn) - self.t0 > self.max_ms * 1000 then
+  self.when = nil
+end
+
+-- The first chunk is only kept, with when it came, and read with the second (or at the end):
+-- HAProxy sends a chunk once this returns, and the first one is the time to first token.
+function Meter:http_payload(txn, msg)
+  if not self.t0 or not msg.channel:is_resp() then return end
+  local data = msg:body()
+  if not data or #data == 0 then return end
+  local now
+  if self.held then
+    local held = self.held
+    self.held = nil
+    self:take(txn, held, self.held_at)
+    self:take(txn, data, nil)
+  elseif not self.began then
+    now = now_us(txn)
+    self.held, self.held_at, self.began = data, now, true
+  else
+    self:take(txn, data, nil)
+  end
+  if self.max_ms > 0 and (now or now_us(txn)) - self.t0 > self.max_ms * 1000 then
     self.cut = true
     self:finish(txn)
     error("ai-server: this client's max_seconds is up: the generation is cut")
@@ -341,6 +366,12 @@ end
 function Meter:finish(txn)
   if self.done then return end
   self.done = true
+  if self.held then
+    local held = self.held
+    self.held = nil
+    self:take(txn, held, self.held_at)
+  end
+  if not self.mode then self:kind(txn) end
   if self.mode == "sse" or self.mode == "nd" then
     self:lines(txn, true)
   elseif self.mode == "json" and self.parts then

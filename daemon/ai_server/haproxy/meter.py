@@ -30,6 +30,8 @@ from __future__ import annotations
 from importlib import resources
 
 METER_LUA = "ai_server_meter.lua"
+# Where the backend puts the answer's status, content type and content coding for the filter.
+HEAD_VAR = "txn.meter_head"
 FILTER = "ai_server_meter"
 # A non-streamed answer larger than this is not read (counted as estimated, "too large").
 MAX_JSON = 16 * 1024 * 1024

@@ -93,5 +93,9 @@ def meter_backend(spec: RenderInput) -> list[str]:
     that long is cut too)."""
     lines = ["    http-request set-timeout server var(txn.max_ms) if { var(txn.max_ms) -m int gt 0 }"]
     if spec.lua:
-        lines.insert(0, meter.filter_line(STARTS))
+        lines[:0] = [meter.filter_line(STARTS),
+                     "    # What the answer is, for the filter to read on its first chunk: a Lua http_headers",
+                     "    # callback would cost a call on each side of every metered request.",
+                     f"    http-response set-var-fmt({meter.HEAD_VAR}) \"%[status]|%[res.fhdr(content-type,1)]|"
+                     f"%[res.fhdr(content-encoding,1)]\" if {{ var({METERED_VAR}) -m bool }}"]
     return lines
