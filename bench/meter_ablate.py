@@ -8,7 +8,9 @@ p50/p99 and HAProxy's CPU per stream.
 
 Variants: off (no filter line), on (as shipped), noop (the filter declared, start_analyze
 returns at once), nodata (start lines written, no data filter registered), silent (the data
-filter registered, its http_payload returns at once), nostart (as shipped without the start line).
+filter registered, its http_payload returns at once), nostart (as shipped without the start line),
+old (the filter's Lua as it was at --old, default 9fc4ec3: with an http_headers callback and the
+first chunk read before it goes on).
 """
 
 from __future__ import annotations
@@ -34,18 +36,19 @@ from harness import Stack, dispose, free_port, new_stack, port_open, wait_for  #
 
 START = "function Meter:start_analyze(txn, chn)\n"
 PAYLOAD = "function Meter:http_payload(txn, msg)\n"
-EDITS: dict[str, list[tuple[str, str]] | None] = {
+EDITS: dict[str, list[tuple[str, str]] | str | None] = {
     "off": None,
     "on": [],
     "noop": [(START, START + "  do return end\n")],
     "nodata": [("  filter.register_data_filter(self, chn)\n", "")],
     "silent": [(PAYLOAD, PAYLOAD + "  do return end\n")],
+    "old": "old",
     "nostart": [("  spool_line(self.starts,", "  if false then spool_line(self.starts,"),
                 ('safe(txn:get_var("txn.path"))))\n', 'safe(txn:get_var("txn.path")))) end\n')],
 }
 
 
-def start(stack: Stack, index: int, variant: str, cfg: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
+def start(stack: Stack, index: int, variant: str, cfg: str, old: str) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
     folder = Path(tempfile.mkdtemp(prefix=f"meter{index}-", dir=stack.root))
     for f in stack.state_dir.iterdir():
         if f.is_file() and f.suffix in (".map", ".lua", ".pem"):
@@ -53,6 +56,10 @@ def start(stack: Stack, index: int, variant: str, cfg: str) -> tuple[subprocess.
     edits = EDITS[variant]
     if edits is None:
         cfg = re.sub(r"^    filter lua\.ai_server_meter .*$", "", cfg, flags=re.M)
+    elif isinstance(edits, str):
+        (folder / "ai_server_meter.lua").write_bytes(subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{old}:daemon/ai_server/haproxy/ai_server_meter.lua"],
+            check=True, capture_output=True).stdout)
     else:
         lua = (folder / "ai_server_meter.lua").read_text()
         for old, new in edits:
@@ -70,6 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=300, help="streams per variant")
     parser.add_argument("--variants", default=",".join(EDITS))
+    parser.add_argument("--old", default="9fc4ec3", help="the commit the old variant's Lua is from")
     args = parser.parse_args()
     variants = args.variants.split(",")
     stack = new_stack({"FAKE_OLLAMA_TOKENS": str(usage.TOKENS), "FAKE_OLLAMA_TOKEN_DELAY": str(usage.TOKEN_DELAY)})
@@ -80,7 +88,7 @@ def main() -> int:
         cfg = re.sub(r"^    log fd@\S+.*$", "", (stack.state_dir / "haproxy.cfg").read_text(), flags=re.M)
         targets = {}
         for i, variant in enumerate(variants):
-            procs[variant], targets[variant] = start(stack, i, variant, cfg)
+            procs[variant], targets[variant] = start(stack, i, variant, cfg, args.old)
         for addr in targets.values():
             wait_for(lambda addr=addr: port_open(*addr), what="the proxy listening")
             usage.stream(addr)
