@@ -20,7 +20,11 @@ as the kind of thing it was instead (s string, f fraction, n null, b boolean, o 
 long), with how often it came and whether its values agreed.
 
 Streams (text/event-stream, application/x-ndjson) are read event by event; a whole JSON answer
-is kept (up to MAX_JSON) and read once it has all passed. max_seconds: a stream whose engine
+is kept (up to MAX_JSON) and read once it has all passed. The first chunk of either is only kept,
+with when it came, and read with the second (or at the end): HAProxy forwards a chunk once the
+filter returns, and the first one is the time to first token. What the answer is (status,
+content type and coding) the backend's http-response rule puts in HEAD_VAR, so there is no Lua
+http_headers callback (one more call on each side of every metered request). max_seconds: a stream whose engine
 slot has been held longer than the client's limit (txn.max_ms) is cut at its next chunk (an
 engine that goes silent instead meets the same limit as its server timeout).
 """
