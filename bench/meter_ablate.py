@@ -4,7 +4,7 @@ each with the filter's Lua cut short in one place, streams from the Ollama stand
 each in a new random order every round. Per variant: time to first token p50/p90, chunk gap
 p50/p99 and HAProxy's CPU per stream.
 
-    .venv/bin/python bench/meter_ablate.py [--streams 300] [--variants off,on,noop,nodata,silent]
+    .venv/bin/python bench/meter_ablate.py [--streams 300] [--variants off,on,noop,nodata,silent] [--big 20]
 
 Variants: off (no filter line), on (as shipped), noop (the filter declared, start_analyze
 returns at once), nodata (start lines written, no data filter registered), silent (the data
@@ -19,6 +19,7 @@ import argparse
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=300, help="streams per variant")
     parser.add_argument("--variants", default=",".join(EDITS))
     parser.add_argument("--old", default="9fc4ec3", help="the commit the old variant's Lua is from")
+    parser.add_argument("--big", type=int, default=0, help="2 MiB non-streamed answers per variant, after the streams")
     args = parser.parse_args()
     variants = args.variants.split(",")
     stack = new_stack({"FAKE_OLLAMA_TOKENS": str(usage.TOKENS), "FAKE_OLLAMA_TOKEN_DELAY": str(usage.TOKEN_DELAY)})
@@ -102,17 +104,22 @@ def main() -> int:
                 ttft[variant].append(first)
                 gaps[variant] += between
         cpu = {v: (cpu_seconds([procs[v].pid]) - cpu[v]) / args.streams * 1e6 for v in variants}
+        bigs: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.big):
+            for variant in rng.sample(variants, len(variants)):
+                bigs[variant].append(usage.big(targets[variant]))
     finally:
         for proc in procs.values():
             proc.terminate()
             proc.wait(10)
         dispose(stack)
     print(f"{args.streams} streams of {usage.TOKENS} tokens per variant\n")
-    print("| variant | TTFT p50 ms | TTFT p90 ms | gap p50 ms | gap p99 ms | HAProxy CPU per stream µs |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    big_head = " 2 MiB answer median ms |" if args.big else ""
+    print(f"| variant | TTFT p50 ms | TTFT p90 ms | gap p50 ms | gap p99 ms | HAProxy CPU per stream µs |{big_head}")
+    print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if args.big else ""))
     for v in variants:
         print(f"| {v} | {percentile(ttft[v], 50):.3f} | {percentile(ttft[v], 90):.3f} | {percentile(gaps[v], 50):.3f} | "
-              f"{percentile(gaps[v], 99):.3f} | {cpu[v]:.0f} |")
+              f"{percentile(gaps[v], 99):.3f} | {cpu[v]:.0f} |" + (f" {statistics.median(bigs[v]):.3f} |" if args.big else ""))
     return 0
 
 
